@@ -1,0 +1,85 @@
+"""The `Rule` object every aggregation rule is wrapped in.
+
+A rule is a pure function of the ``[n, d]`` matrix ``G`` of received vectors and the
+declared number ``f`` of Byzantine workers (static), returning the aggregate ``[d]``.
+Selection rules (Krum, Bulyan, MDA, ...) also return an ``[n]`` float mask of the inputs
+they accepted (1 accepted, 0 rejected; fractional weights allowed), which the simulator turns
+into the study metric "fraction of Byzantine vectors accepted".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# fn(G, f, *, key, prev, **params) -> (aggregate [d], accepted [n] or None)
+AggregateFn = Callable[..., tuple[Array, Array | None]]
+# check(n, f, **params) -> None, or a message such as "bulyan needs n >= 4f+3"
+CheckFn = Callable[..., str | None]
+# bound(n, f, d, **params) -> published variance-norm bound, or None
+BoundFn = Callable[..., float | None]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Rule:
+    """A gradient aggregation rule (GAR).
+
+    Attributes:
+      name: canonical registry name.
+      fn: ``fn(G, f, *, key, prev, **params) -> (aggregate, accepted)``.
+      params: keyword parameters bound at construction (`aggregators.get(name, **params)`).
+      check_fn: returns ``None`` when ``(n, f)`` is admissible, else the constraint text.
+      bound_fn: published variance-norm upper bound, or ``None`` when none is published.
+      selects: whether ``accepted`` is meaningful (selection rules).
+      needs_key: whether the rule draws randomness (bucketing).
+      needs_prev: whether the rule is centred on the previous aggregate (cclip).
+    """
+
+    name: str
+    fn: AggregateFn
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    check_fn: CheckFn | None = None
+    bound_fn: BoundFn | None = None
+    selects: bool = False
+    needs_key: bool = False
+    needs_prev: bool = False
+
+    def aggregate(
+        self, G: Array, f: int, *, key: Array | None = None, prev: Array | None = None
+    ) -> tuple[Array, Array | None]:
+        """Aggregate ``G`` ``[n, d]`` tolerating ``f``: (``[d]``, accepted ``[n]`` or None)."""
+        if G.ndim != 2:
+            raise ValueError(f"rule {self.name}: G must be a [n, d] matrix, got shape {G.shape}")
+        if self.needs_key and key is None:
+            raise ValueError(f"rule {self.name} draws randomness: pass key=jax.random.key(...)")
+        if self.needs_prev and prev is None:
+            prev = jnp.zeros(G.shape[1], G.dtype)
+        return self.fn(G, int(f), key=key, prev=prev, **self.params)
+
+    def __call__(
+        self, G: Array, f: int, *, key: Array | None = None, prev: Array | None = None
+    ) -> Array:
+        """The aggregate ``[d]`` of ``G`` (``[n, d]``) tolerating ``f`` Byzantine rows."""
+        return self.aggregate(G, f, key=key, prev=prev)[0]
+
+    def check(self, n: int, f: int) -> None:
+        """Raise ``ValueError`` stating the constraint and the values if ``(n, f)`` is not allowed."""
+        if not isinstance(n, int) or not isinstance(f, int) or n < 1 or f < 0:
+            raise ValueError(f"{self.name} needs integers n >= 1 and f >= 0, got n={n}, f={f}")
+        message = None if self.check_fn is None else self.check_fn(n, f, **self.params)
+        if message is not None:
+            raise ValueError(f"{message}, got n={n}, f={f}")
+
+    def upper_bound(self, n: int, f: int, d: int) -> float | None:
+        """The published variance-norm bound under which the rule is proven robust, or None."""
+        return None if self.bound_fn is None else self.bound_fn(n, f, d, **self.params)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"Rule({self.name}{', ' if args else ''}{args})"

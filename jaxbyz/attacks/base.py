@@ -1,0 +1,93 @@
+"""The `Attack` object every Byzantine attack is wrapped in.
+
+An attack is a pure function of the ``[h, d]`` matrix ``H`` of honest submissions (as sent,
+momentum included where it applies), returning the ``[f, d]`` Byzantine vectors, where ``f``
+is the number of Byzantine workers that really attack (static). It may use a PRNG ``key``,
+the aggregation ``rule`` the server runs, and ``f_decl``, the number of Byzantine workers the
+rule is told to tolerate (``f_decl >= f``; defaults to ``f``).
+
+Numeric parameters (factors, scales) are bound at construction and may be overridden at call
+time by keyword, with traced values, so that a sweep can ``vmap`` over them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+Array = jax.Array
+
+# fn(H, f, *, key, rule, f_decl, **params) -> [f, d]
+AttackFn = Callable[..., Array]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Attack:
+    """A Byzantine attack.
+
+    Attributes:
+      name: canonical registry name.
+      fn: ``fn(H, f, *, key, rule, f_decl, **params) -> [f, d]``.
+      params: keyword parameters bound at construction (`attacks.get(name, **params)`).
+      needs_key: whether the attack draws randomness.
+      needs_rule: whether the attack evaluates the rule (adaptive attacks, anti-rule attacks).
+      label_flip: data poisoning; the simulator computes the Byzantine vectors itself as real
+        gradients on labels ``y -> K-1-y`` and never calls ``fn``.
+    """
+
+    name: str
+    fn: AttackFn
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    needs_key: bool = False
+    needs_rule: bool = False
+    label_flip: bool = False
+
+    def __call__(
+        self,
+        H: Array,
+        f: int,
+        *,
+        key: Array | None = None,
+        rule: Any = None,
+        f_decl: int | None = None,
+        **overrides: Any,
+    ) -> Array:
+        """The ``[f, d]`` Byzantine vectors against honest submissions ``H`` (``[h, d]``)."""
+        if H.ndim != 2:
+            raise ValueError(f"attack {self.name}: H must be a [h, d] matrix, got shape {H.shape}")
+        if self.needs_key and key is None:
+            raise ValueError(f"attack {self.name} draws randomness: pass key=jax.random.key(...)")
+        if self.needs_rule and rule is None:
+            raise ValueError(
+                f"attack {self.name} evaluates the rule: pass rule=aggregators.get(...)"
+            )
+        unknown = set(overrides) - set(self.params)
+        if unknown:
+            raise ValueError(
+                f"attack {self.name}: unknown parameter(s) {sorted(unknown)}; "
+                f"known: {sorted(self.params)}"
+            )
+        params = {**self.params, **overrides}
+        f_decl = f if f_decl is None else int(f_decl)
+        return self.fn(H, int(f), key=key, rule=rule, f_decl=f_decl, **params)
+
+    def check(self, n: int, f_decl: int, f_real: int, rule: Any = None) -> None:
+        """Raise ``ValueError`` naming the parameter and value when the setting is inadmissible."""
+        if f_real < 0 or f_real > f_decl:
+            raise ValueError(
+                f"attack {self.name}: the real Byzantine count (nb-real-byz={f_real}) must be "
+                f"between 0 and the declared count (nb-decl-byz={f_decl})"
+            )
+        if f_decl >= n:
+            raise ValueError(
+                f"attack {self.name}: nb-decl-byz={f_decl} must be below nb-workers={n}"
+            )
+        if rule is not None:
+            rule.check(n, f_decl)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"Attack({self.name}{', ' if args else ''}{args})"

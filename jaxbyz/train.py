@@ -1,0 +1,362 @@
+"""``python -m jaxbyz.train``: one simulated run from the command line.
+
+Flags are named as in the paper's ``attack.py`` (LPD-EPFL/ByzantineMomentum), so that its command
+lines work unchanged; ``--gar-args`` and ``--attack-args`` take space-separated ``key:value`` pairs.
+The result directory receives ``config.json``, ``eval.csv`` (step, cross-accuracy), ``study.csv``
+(one line of study metrics per step) and ``summary.json``, written as the run goes so that an
+interrupted run keeps what it computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxbyz import aggregators, attacks
+from jaxbyz.config import CLIP_MODES, Config, parse_keyval
+from jaxbyz.data import DATASETS, DatasetNotFoundError
+from jaxbyz.metrics import NAMES
+from jaxbyz.models import MODELS
+from jaxbyz.momentum import PLACEMENTS
+
+EXAMPLES = """\
+examples:
+  # the paper's Fashion-MNIST run: krum against "a little is enough", momentum at the workers
+  python -m jaxbyz.train --dataset fashion-mnist --nb-workers 51 --nb-decl-byz 12 \\
+      --nb-real-byz 12 --gar krum --attack little --attack-args factor:1.5 negative:True \\
+      --momentum 0.9 --momentum-at worker --learning-rate 0.5 --batch-size 83 \\
+      --gradient-clip 2 --l2-regularize 1e-4 --nb-steps 300 --evaluation-delta 5 \\
+      --result-directory results/krum-little-worker
+
+  # a quick look without the real data
+  python -m jaxbyz.train --dataset synthetic --nb-steps 50 --gar median --attack empire
+
+rules:   {rules}
+attacks: {attacks}
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (flags of the paper's ``attack.py`` where they exist)."""
+    d = Config()
+    p = argparse.ArgumentParser(
+        prog="python -m jaxbyz.train",
+        description="Simulate one Byzantine-resilient SGD run (El-Mhamdi, Guerraoui & Rouault, "
+        "ICLR 2021): n workers, f of them Byzantine, a robust aggregation rule at the server, "
+        "momentum at the update, the server or the workers. All workers are one vectorised JAX "
+        "program.",
+        epilog=EXAMPLES.format(
+            rules=", ".join(aggregators.names()), attacks=", ".join(attacks.names())
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = p.add_argument
+    add("--seed", type=int, default=d.seed, help="PRNG seed of the run (default %(default)s)")
+    add("--dataset", default=d.dataset, help=f"one of {', '.join(DATASETS)} (default %(default)s)")
+    add(
+        "--data-dir",
+        default=None,
+        help="folder holding the dataset's files (else JAXBYZ_DATA_DIR, "
+        "Debian's /usr/share/datasets, then a one-time download into ~/.cache/jaxbyz)",
+    )
+    add("--model", default=d.model, help=f"one of {', '.join(MODELS)} (default %(default)s)")
+    add(
+        "--nb-workers", type=int, default=d.nb_workers, help="total workers n (default %(default)s)"
+    )
+    add(
+        "--nb-decl-byz",
+        type=int,
+        default=d.nb_decl_byz,
+        help="Byzantine workers f the rule tolerates (default %(default)s)",
+    )
+    add(
+        "--nb-real-byz",
+        type=int,
+        default=None,
+        help="Byzantine workers that really attack (default: as declared); the rest are honest",
+    )
+    add("--gar", default=d.gar, help="aggregation rule (default %(default)s); see the list below")
+    add(
+        "--gar-args", nargs="*", default=None, metavar="KEY:VALUE", help="rule parameters, e.g. m:1"
+    )
+    add("--attack", default=d.attack, help="attack (default %(default)s); see the list below")
+    add(
+        "--attack-args",
+        nargs="*",
+        default=None,
+        metavar="KEY:VALUE",
+        help="attack parameters, e.g. factor:1.5 negative:True",
+    )
+    add("--momentum", type=float, default=d.momentum, help="momentum beta (default %(default)s)")
+    add(
+        "--momentum-at",
+        default=d.momentum_at,
+        choices=PLACEMENTS,
+        help="where momentum is computed: update (classic), server, worker (default %(default)s)",
+    )
+    add("--momentum-nesterov", action="store_true", help="Nesterov momentum")
+    add(
+        "--dampening", type=float, default=d.dampening, help="dampening delta (default %(default)s)"
+    )
+    add(
+        "--learning-rate",
+        type=float,
+        default=d.learning_rate,
+        help="initial learning rate gamma_0 (default %(default)s)",
+    )
+    add(
+        "--learning-rate-decay",
+        type=int,
+        default=d.learning_rate_decay,
+        help="hyperbolic half-decay time: gamma_0 / (1 + t/decay); <= 0 for none "
+        "(default %(default)s)",
+    )
+    add(
+        "--learning-rate-decay-delta",
+        type=int,
+        default=d.learning_rate_decay_delta,
+        help="steps between two learning-rate updates (default %(default)s)",
+    )
+    add(
+        "--learning-rate-schedule",
+        default=None,
+        metavar="LR0[,STEP,LR]*",
+        help="piecewise-constant schedule; supersedes the other learning-rate flags",
+    )
+    add(
+        "--l2-regularize",
+        type=float,
+        default=d.l2_regularize,
+        help="adds lambda * ||theta||_2 to the loss (default %(default)s)",
+    )
+    add(
+        "--gradient-clip",
+        type=float,
+        default=d.gradient_clip,
+        help="clip each gradient to this L2 norm (default %(default)s); <= 0 for none",
+    )
+    add(
+        "--clip-mode",
+        default=d.clip_mode,
+        choices=CLIP_MODES,
+        help="scale: g * C/||g|| (default); paper: g/||g|| as the paper's code does",
+    )
+    add(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help="per-worker batch (default %(default)s)",
+    )
+    add("--nb-steps", type=int, default=d.nb_steps, help="training steps (default %(default)s)")
+    add(
+        "--evaluation-delta",
+        type=int,
+        default=d.evaluation_delta,
+        help="steps between two evaluations on the full test set (default %(default)s)",
+    )
+    add(
+        "--dirichlet-alpha",
+        type=float,
+        default=None,
+        help="non-IID: split the training set across honest workers with Dirichlet(alpha)",
+    )
+    add(
+        "--result-directory",
+        default=None,
+        help="where to write config.json, eval.csv, study.csv, summary.json (must not exist yet)",
+    )
+    add("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The run configuration the parsed flags describe."""
+    return Config(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        model=args.model,
+        nb_workers=args.nb_workers,
+        nb_decl_byz=args.nb_decl_byz,
+        nb_real_byz=args.nb_real_byz,
+        gar=args.gar,
+        gar_args=parse_keyval(args.gar_args, "--gar-args"),
+        attack=args.attack,
+        attack_args=parse_keyval(args.attack_args, "--attack-args"),
+        momentum=args.momentum,
+        momentum_at=args.momentum_at,
+        momentum_nesterov=args.momentum_nesterov,
+        dampening=args.dampening,
+        learning_rate=args.learning_rate,
+        learning_rate_decay=args.learning_rate_decay,
+        learning_rate_decay_delta=args.learning_rate_decay_delta,
+        learning_rate_schedule=args.learning_rate_schedule,
+        l2_regularize=args.l2_regularize,
+        gradient_clip=None
+        if args.gradient_clip is None or args.gradient_clip <= 0
+        else args.gradient_clip,
+        clip_mode=args.clip_mode,
+        batch_size=args.batch_size,
+        nb_steps=args.nb_steps,
+        evaluation_delta=args.evaluation_delta,
+        dirichlet_alpha=args.dirichlet_alpha,
+        seed=args.seed,
+    )
+
+
+def check_result_directory(path: str | None) -> Path | None:
+    """Refuse an existing, non-empty result directory (never overwrite silently)."""
+    if path is None:
+        return None
+    directory = Path(path)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise ValueError(
+            f"--result-directory {path!r} already exists and is not empty; "
+            "fix: choose a new directory or remove this one"
+        )
+    return directory
+
+
+class ResultWriter:
+    """Writes the result files line by line, flushed, so an interrupted run keeps its results."""
+
+    def __init__(self, directory: Path | None, config: Config) -> None:
+        self.directory = directory
+        if directory is None:
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_json(directory / "config.json", config.to_dict())
+        self._eval = open(directory / "eval.csv", "w", newline="")
+        self._study = open(directory / "study.csv", "w", newline="")
+        self._eval_csv = csv.writer(self._eval)
+        self._study_csv = csv.writer(self._study)
+        self._eval_csv.writerow(["step", "accuracy"])
+        self._study_csv.writerow(["step", *NAMES])
+
+    def evaluation(self, step: int, accuracy: float) -> None:
+        if self.directory is not None:
+            self._eval_csv.writerow([step, f"{accuracy:.6f}"])
+            self._eval.flush()
+
+    def study(self, first_step: int, study: dict[str, np.ndarray]) -> None:
+        if self.directory is None:
+            return
+        columns = [np.asarray(study[name]) for name in NAMES]
+        for i in range(columns[0].shape[0]):
+            self._study_csv.writerow([first_step + i, *(f"{c[i]:.8e}" for c in columns)])
+        self._study.flush()
+
+    def close(self, summary: dict[str, Any]) -> None:
+        if self.directory is None:
+            return
+        self._eval.close()
+        self._study.close()
+        _write_json(self.directory / "summary.json", summary)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def run(
+    config: Config, result_directory: str | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Validate, compile, run with a progress bar, write results; return the summary."""
+    from tqdm import tqdm
+
+    from jaxbyz.simulator import make_simulation
+
+    directory = check_result_directory(result_directory)
+    sim = make_simulation(config)
+    hp = sim.default_hparams()
+    key = jax.random.key(config.seed)
+
+    started = time.perf_counter()
+    init = jax.jit(sim.init).lower(key).compile()
+    state = init(key)
+    evaluate = jax.jit(sim.evaluate).lower(state).compile()
+    segments = {
+        length: jax.jit(sim.segment, static_argnums=2).lower(state, hp, length).compile()
+        for length in sorted(set(sim.segment_lengths()))
+    }
+    compile_s = time.perf_counter() - started
+
+    writer = ResultWriter(directory, config)
+    begun = time.perf_counter()
+    accuracy = float(evaluate(state))
+    writer.evaluation(0, accuracy)
+    curve = [(0, accuracy)]
+    step, status = 0, "completed"
+    bar = tqdm(
+        total=config.nb_steps,
+        disable=not progress,
+        unit="step",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    try:
+        for length in sim.segment_lengths():
+            state, study, acc = segments[length](state, hp)
+            study = jax.device_get(study)
+            writer.study(step, study)
+            step += length
+            accuracy = float(acc)
+            writer.evaluation(step, accuracy)
+            curve.append((step, accuracy))
+            bar.update(length)
+            bar.set_postfix(acc=f"{accuracy:.4f}", loss=f"{float(study['loss'][-1]):.3f}")
+            if not np.isfinite(study["loss"]).all():
+                status = "diverged"
+                break
+    except KeyboardInterrupt:
+        status = "interrupted"
+    finally:
+        bar.close()
+    run_s = time.perf_counter() - begun
+    best_step, best = max(curve, key=lambda p: (p[1], -p[0]))
+    summary = {
+        "status": status,
+        "steps": step,
+        "best_accuracy": best,
+        "best_step": best_step,
+        "final_accuracy": curve[-1][1],
+        "compile_seconds": compile_s,
+        "run_seconds": run_s,
+        "steps_per_second": step / run_s if run_s > 0 else float("nan"),
+        "variance_norm_bound": sim.bound,
+        "parameters": sim.dim,
+        "device": str(jax.devices()[0]),
+    }
+    writer.close(summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m jaxbyz.train``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+        summary = run(config, args.result_directory, progress=not args.no_progress)
+    except (ValueError, DatasetNotFoundError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    print(
+        f"{summary['status']}: best top-1 accuracy {summary['best_accuracy']:.4f} at step "
+        f"{summary['best_step']}; {summary['steps']} steps in {summary['run_seconds']:.1f} s "
+        f"({summary['steps_per_second']:.1f} steps/s) + {summary['compile_seconds']:.1f} s compile"
+    )
+    return 0 if summary["status"] == "completed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
