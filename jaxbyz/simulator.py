@@ -35,6 +35,7 @@ from jaxbyz.models import get_model
 
 Array = jax.Array
 HParams = dict[str, Any]
+Data = dict[str, Array]  # device arrays: train_x, train_y, test_x, test_y (+ partition)
 # test examples per forward pass at evaluation: the whole MNIST test set for the MLP, less for
 # the convolutional models whose activations are larger
 EVAL_CHUNK = {"simples-full": 10_000, "simples-conv": 2_000, "empire-cnn": 500}
@@ -151,13 +152,13 @@ class Simulation:
         loss = nll + l2 * jnp.sqrt(jnp.sum(jnp.square(theta)) + 1e-30)
         return loss, (loss, updates)
 
-    def _gradients(self, state: State, points: Array, key: Array, hp: HParams):
+    def _gradients(self, state: State, points: Array, key: Array, hp: HParams, data: Data):
         """Per-worker gradients ``[w, d]``, losses ``[w]`` and averaged model-state updates."""
         w = self.grad_workers
         k_idx, k_flip, k_drop = jax.random.split(key, 3)
-        indices = self._sample_indices(k_idx)
+        indices = self._sample_indices(k_idx, data)
         x, y = data_lib.gather_batches(
-            k_flip, self.arrays["train_x"], self.arrays["train_y"], indices, self.dataset
+            k_flip, data["train_x"], data["train_y"], indices, self.dataset
         )
         if self.label_flip:
             flipped = self.dataset.num_classes - 1 - y
@@ -177,15 +178,15 @@ class Simulation:
         )
         return grads, losses, updates
 
-    def _sample_indices(self, key: Array) -> Array:
+    def _sample_indices(self, key: Array, data: Data) -> Array:
         """``[w, b]`` example indices: honest workers from their partition (IID by default),
         label-flipping attackers IID."""
-        num_train = self.arrays["train_y"].shape[0]
+        num_train = data["train_y"].shape[0]
         batch = self.config.batch_size
-        if "partition_table" not in self.arrays:
+        if "partition_table" not in data:
             return data_lib.sample_indices(key, self.grad_workers, batch, num_train)
         k_honest, k_rest = jax.random.split(key)
-        partition = (self.arrays["partition_table"], self.arrays["partition_lengths"])
+        partition = (data["partition_table"], data["partition_lengths"])
         honest = data_lib.sample_indices(k_honest, self.honest, batch, num_train, partition)
         rest = data_lib.sample_indices(k_rest, self.grad_workers - self.honest, batch, num_train)
         return jnp.concatenate([honest, rest])
@@ -203,7 +204,7 @@ class Simulation:
     # ------------------------------------------------------------------------------------------ #
     # One step
 
-    def step(self, state: State, hp: HParams) -> tuple[State, dict[str, Array]]:
+    def step(self, state: State, hp: HParams, data: Data) -> tuple[State, dict[str, Array]]:
         """One synchronous step of Byzantine SGD; returns the new state and the study metrics."""
         c = self.config
         h, f = self.honest, self.byzantine
@@ -215,7 +216,7 @@ class Simulation:
         points = momentum_lib.gradient_points(
             c.momentum_at, state.theta, state.server_buffer, buffers, lr, beta, c.momentum_nesterov
         )
-        grads, losses, updates = self._gradients(state, points, k_grad, hp)
+        grads, losses, updates = self._gradients(state, points, k_grad, hp, data)
         grads = self._clip(grads)
         chex.assert_shape(grads, (self.grad_workers, self.dim))
 
@@ -283,9 +284,9 @@ class Simulation:
     # ------------------------------------------------------------------------------------------ #
     # Evaluation and runs
 
-    def evaluate(self, state: State) -> Array:
+    def evaluate(self, state: State, data: Data) -> Array:
         """Top-1 accuracy on the full test set (BatchNorm in inference mode, no dropout)."""
-        x, y = self.arrays["test_x"], self.arrays["test_y"]
+        x, y = data["test_x"], data["test_y"]
         count = y.shape[0]
         size = min(EVAL_CHUNK[self.config.model], count)
         chunks = math.ceil(count / size)
@@ -302,10 +303,12 @@ class Simulation:
         valid = (jnp.arange(chunks * size) < count).reshape(chunks, size)
         return jnp.sum(jax.lax.map(correct, (xs, ys, valid))) / count
 
-    def segment(self, state: State, hp: HParams, length: int) -> tuple[State, dict, Array]:
+    def segment(
+        self, state: State, hp: HParams, data: Data, length: int
+    ) -> tuple[State, dict, Array]:
         """``length`` steps (``lax.scan``) followed by one evaluation."""
-        state, study = jax.lax.scan(lambda s, _: self.step(s, hp), state, None, length=length)
-        return state, study, self.evaluate(state)
+        state, study = jax.lax.scan(lambda s, _: self.step(s, hp, data), state, None, length=length)
+        return state, study, self.evaluate(state, data)
 
     def segment_lengths(self) -> list[int]:
         """Steps between evaluations: evaluations happen at step 0, every delta, and at the end."""
@@ -318,17 +321,25 @@ class Simulation:
     def evaluation_steps(self) -> np.ndarray:
         return np.cumsum([0, *self.segment_lengths()])
 
-    def run(self, key: Array, hparams: HParams | None = None) -> dict[str, Any]:
-        """The whole run as one traced program (pure in ``key``): accuracies and study metrics."""
+    def run(
+        self, key: Array, hparams: HParams | None = None, data: Data | None = None
+    ) -> dict[str, Any]:
+        """The whole run as one traced program (pure in ``key``): accuracies and study metrics.
+
+        ``data`` defaults to the simulation's device arrays. Under ``jit``, arrays a function
+        closes over are embedded in the program as constants (slow to compile for a real
+        dataset): pass ``data=sim.arrays`` as an argument of the jitted function instead.
+        """
         hp = self.default_hparams() if hparams is None else {**self.default_hparams(), **hparams}
+        data = self.arrays if data is None else data
         state = self.init(key)
-        accuracies = [self.evaluate(state)]
+        accuracies = [self.evaluate(state, data)]
         lengths = self.segment_lengths()
         full, rest = lengths.count(self.config.evaluation_delta), lengths[len(lengths) - 1]
         if full:
 
             def body(s, _):
-                s, study, acc = self.segment(s, hp, self.config.evaluation_delta)
+                s, study, acc = self.segment(s, hp, data, self.config.evaluation_delta)
                 return s, (study, acc)
 
             state, (study, accs) = jax.lax.scan(body, state, None, length=full)
@@ -337,7 +348,7 @@ class Simulation:
         else:
             studies = []
         if len(lengths) > full:
-            state, study, acc = self.segment(state, hp, rest)
+            state, study, acc = self.segment(state, hp, data, rest)
             accuracies.append(acc[None])
             studies.append(study)
         accuracy = jnp.concatenate([jnp.atleast_1d(a) for a in accuracies])
@@ -395,11 +406,20 @@ def make_simulation(config: Config, dataset: data_lib.Dataset | None = None) -> 
 def make_train(
     config: Config, dataset: data_lib.Dataset | None = None
 ) -> Callable[..., dict[str, Any]]:
-    """``train(key, hparams=None) -> {"accuracy": [E], "study": {name: [T]}, "theta": [d]}``.
+    """``train(key, hparams=None, data=None) -> {"accuracy": [E], "study": {name: [T]}, "theta"}``.
 
     A pure function of ``key``: ``jax.jit(jax.vmap(train))(keys)`` runs several seeds as one
     program. ``hparams`` may override ``learning_rate``, ``momentum``, ``dampening``,
-    ``l2_regularize`` (traced scalars) and ``attack`` (a dict of attack parameters).
+    ``l2_regularize`` (traced scalars) and ``attack`` (a dict of attack parameters). For a real
+    dataset pass its device arrays, ``train.data``, as an argument rather than letting the
+    function close over them (closed-over arrays are compiled in as constants):
+    ``jax.jit(jax.vmap(train, in_axes=(0, None, None)))(keys, None, train.data)``.
     """
     sim = make_simulation(config, dataset)
-    return sim.run
+
+    def train(key: Array, hparams: HParams | None = None, data: Data | None = None):
+        return sim.run(key, hparams, data)
+
+    train.data = sim.arrays
+    train.simulation = sim
+    return train

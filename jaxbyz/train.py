@@ -282,18 +282,19 @@ def run(
     key = jax.random.key(config.seed)
 
     started = time.perf_counter()
+    data = sim.arrays
     init = jax.jit(sim.init).lower(key).compile()
     state = init(key)
-    evaluate = jax.jit(sim.evaluate).lower(state).compile()
+    evaluate = jax.jit(sim.evaluate).lower(state, data).compile()
     segments = {
-        length: jax.jit(sim.segment, static_argnums=2).lower(state, hp, length).compile()
+        length: jax.jit(sim.segment, static_argnums=3).lower(state, hp, data, length).compile()
         for length in sorted(set(sim.segment_lengths()))
     }
     compile_s = time.perf_counter() - started
 
     writer = ResultWriter(directory, config)
     begun = time.perf_counter()
-    accuracy = float(evaluate(state))
+    accuracy = float(evaluate(state, data))
     writer.evaluation(0, accuracy)
     curve = [(0, accuracy)]
     step, status = 0, "completed"
@@ -306,7 +307,7 @@ def run(
     )
     try:
         for length in sim.segment_lengths():
-            state, study, acc = segments[length](state, hp)
+            state, study, acc = segments[length](state, hp, data)
             study = jax.device_get(study)
             writer.study(step, study)
             step += length

@@ -12,7 +12,7 @@ from jaxbyz.config import Config
 from jaxbyz.data import make_synthetic
 from jaxbyz.simulator import make_simulation, make_train
 
-DATA = make_synthetic(n_train=2000, n_test=500, seed=3)
+DATA = make_synthetic(n_train=2000, n_test=500, shape=(12, 12, 1), seed=3)
 
 
 def small(**changes) -> Config:
@@ -22,6 +22,7 @@ def small(**changes) -> Config:
         nb_decl_byz=2,
         gar="median",
         attack="little",
+        attack_args={"factor": 1.5},
         batch_size=16,
         nb_steps=20,
         evaluation_delta=10,

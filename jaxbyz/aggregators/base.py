@@ -69,7 +69,7 @@ class Rule:
         return self.aggregate(G, f, key=key, prev=prev)[0]
 
     def check(self, n: int, f: int) -> None:
-        """Raise ``ValueError`` stating the constraint and the values if ``(n, f)`` is not allowed."""
+        """Raise ``ValueError`` naming the constraint and values if ``(n, f)`` is not allowed."""
         if not isinstance(n, int) or not isinstance(f, int) or n < 1 or f < 0:
             raise ValueError(f"{self.name} needs integers n >= 1 and f >= 0, got n={n}, f={f}")
         message = None if self.check_fn is None else self.check_fn(n, f, **self.params)

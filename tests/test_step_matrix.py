@@ -1,0 +1,63 @@
+"""Every attack with every rule compiles and runs one simulator step on synthetic data.
+
+The fast set crosses every attack with three rules and every rule with two attacks; the full
+cross product is marked slow.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from jaxbyz import aggregators, attacks
+from jaxbyz.config import Config
+from jaxbyz.data import make_synthetic
+from jaxbyz.simulator import make_simulation
+
+DATA = make_synthetic(n_train=256, n_test=64, shape=(4, 4, 1), seed=0)
+N, F = 15, 3  # bulyan needs n >= 4f+3
+FAST = sorted(
+    {(a, r) for a in attacks.names() for r in ("average", "median", "krum")}
+    | {(a, r) for a in ("little", "empire") for r in aggregators.names()}
+)
+FULL = [(a, r) for a in attacks.names() for r in aggregators.names() if (a, r) not in FAST]
+
+
+@functools.cache
+def _simulation(attack: str, rule: str):
+    config = Config(
+        dataset="synthetic",
+        nb_workers=N,
+        nb_decl_byz=F,
+        gar=rule,
+        attack=attack,
+        batch_size=4,
+        nb_steps=1,
+        evaluation_delta=1,
+    )
+    return make_simulation(config, DATA)
+
+
+def _one_step(attack: str, rule: str) -> None:
+    sim = _simulation(attack, rule)
+    state = sim.init(jax.random.key(0))
+    new_state, study = jax.jit(sim.step)(state, sim.default_hparams(), sim.arrays)
+    assert new_state.theta.shape == state.theta.shape
+    assert int(new_state.step) == 1
+    if rule != "average":  # the average is not robust: NaN attacks may poison it
+        assert np.isfinite(np.asarray(new_state.theta)).all(), (attack, rule)
+    assert set(study) >= {"loss", "variance_norm_ratio", "byzantine_accepted"}
+
+
+@pytest.mark.parametrize(("attack", "rule"), FAST)
+def test_attack_rule_step(attack, rule):
+    _one_step(attack, rule)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("attack", "rule"), FULL)
+def test_attack_rule_step_full(attack, rule):
+    _one_step(attack, rule)
