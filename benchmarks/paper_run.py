@@ -18,29 +18,8 @@ import time
 
 import jax
 
-from jaxbyz.config import Config
+from jaxbyz.config import PAPER_RUN
 from jaxbyz.train import run
-
-PAPER_RUN = Config(
-    dataset="fashion-mnist",
-    model="simples-full",
-    nb_workers=51,
-    nb_decl_byz=12,
-    gar="krum",
-    attack="little",
-    attack_args={"factor": 1.5, "negative": True},
-    momentum=0.9,
-    momentum_at="worker",
-    learning_rate=0.5,
-    learning_rate_decay=5000,
-    learning_rate_decay_delta=300,
-    l2_regularize=1e-4,
-    gradient_clip=2.0,
-    batch_size=83,
-    nb_steps=300,
-    evaluation_delta=5,
-    seed=1,
-)
 
 
 def main() -> None:

@@ -7,17 +7,11 @@ paper's own code reaches a best top-1 accuracy of about 0.82; ours must be withi
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-
-from paper_run import PAPER_RUN  # noqa: E402
-
-from jaxbyz.data import DatasetNotFoundError, load_dataset  # noqa: E402
-from jaxbyz.train import run  # noqa: E402
+from jaxbyz.config import PAPER_RUN
+from jaxbyz.data import DatasetNotFoundError, load_dataset
+from jaxbyz.train import run
 
 PAPER_CODE_BEST = 0.82
 
