@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import sys
@@ -268,6 +269,12 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _start(sim: Any, key: jax.Array, data: dict) -> tuple[Any, jax.Array]:
+    """The initial state and its accuracy (one program: initialisation and first evaluation)."""
+    state = sim.init(key)
+    return state, sim.evaluate(state, data)
+
+
 def run(
     config: Config, result_directory: str | None = None, progress: bool = True
 ) -> dict[str, Any]:
@@ -283,9 +290,8 @@ def run(
 
     started = time.perf_counter()
     data = sim.arrays
-    init = jax.jit(sim.init).lower(key).compile()
-    state = init(key)
-    evaluate = jax.jit(sim.evaluate).lower(state, data).compile()
+    start = jax.jit(functools.partial(_start, sim)).lower(key, data).compile()
+    state, accuracy = start(key, data)
     segments = {
         length: jax.jit(sim.segment, static_argnums=3).lower(state, hp, data, length).compile()
         for length in sorted(set(sim.segment_lengths()))
@@ -294,7 +300,7 @@ def run(
 
     writer = ResultWriter(directory, config)
     begun = time.perf_counter()
-    accuracy = float(evaluate(state, data))
+    accuracy = float(accuracy)
     writer.evaluation(0, accuracy)
     curve = [(0, accuracy)]
     step, status = 0, "completed"

@@ -29,6 +29,8 @@ def small(**changes) -> Config:
         learning_rate=0.1,
         momentum=0.9,
     )
+    if changes.get("attack", "little") != "little":
+        changes.setdefault("attack_args", {})
     return base.replace(**changes)
 
 
