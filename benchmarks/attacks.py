@@ -1,0 +1,116 @@
+"""Time per attack call: adaptive ``little`` against Krum beside the fixed-factor attack.
+
+The paper's MNIST setting: n = 51 workers, h = 39 honest, f = 12 Byzantine (declared = real),
+d = 79,510 (the 784-100-10 MLP), the paper's Krum (Euclidean distances, m = n - f - 2). The
+adaptive attack spends 16 rule evaluations (the paper's budget) in 1, 2, 4, 8 or 16 stages of
+``vmap``-ed candidates. Each call is jitted; compile time is measured apart; the figure is the
+median of several calls. The objective reached is printed beside (higher is a stronger attack).
+
+    python benchmarks/attacks.py [--repeats 7] [--stages 1 2 4 16] [--json out.json]
+
+``time_attack`` and ``make_inputs`` are importable (for the full simulator-step timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxbyz import aggregators, attacks
+from jaxbyz.attacks.statistics import HIGHEST, mean
+
+
+def make_inputs(h: int = 39, d: int = 79_510, seed: int = 0) -> jax.Array:
+    """A random ``[h, d]`` float32 honest matrix (a common mean plus per-worker noise)."""
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    return jax.random.normal(k1, (h, d)) + jax.random.normal(k2, (d,))
+
+
+def time_attack(
+    attack: attacks.Attack,
+    H: jax.Array,
+    f: int,
+    rule: Any,
+    *,
+    f_decl: int | None = None,
+    repeats: int = 7,
+) -> dict[str, float]:
+    """Compile seconds, median/min call milliseconds, and the objective ``||rule - mu||²``."""
+    f_decl = f if f_decl is None else f_decl
+    call = jax.jit(lambda H, key: attack(H, f, key=key, rule=rule, f_decl=f_decl))
+    key = jax.random.key(0)
+    started = time.perf_counter()
+    byz = call(H, key).block_until_ready()
+    compile_s = time.perf_counter() - started
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call(H, key).block_until_ready()
+        times.append(time.perf_counter() - started)
+    dev = rule(jnp.concatenate([H, byz]), f_decl) - mean(H)
+    return {
+        "compile_s": compile_s,
+        "median_ms": 1e3 * statistics.median(times),
+        "min_ms": 1e3 * min(times),
+        "objective": float(jnp.dot(dev, dev, precision=HIGHEST)),
+    }
+
+
+def run(
+    h: int = 39, f: int = 12, d: int = 79_510, stages: tuple[int, ...] = (1, 2, 4, 16),
+    repeats: int = 7,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Rows ``{attack, evals, stages, compile_s, median_ms, min_ms, objective}``."""
+    H = make_inputs(h, d)
+    rule = aggregators.get("krum")
+    cases = [("little factor=1.5 negative", attacks.get("little", factor=1.5, negative=True), 0, 0)]
+    cases += [
+        (f"little adaptive, {s} stage(s)", attacks.get("little", factor=-16, stages=s), 16, s)
+        for s in stages
+    ]
+    rows = []
+    for label, atk, evals, st in cases:
+        row = {"attack": label, "evals": evals, "stages": st}
+        row.update(time_attack(atk, H, f, rule, repeats=repeats))
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--honest", type=int, default=39)
+    parser.add_argument("--byzantine", type=int, default=12)
+    parser.add_argument("--dim", type=int, default=79_510)
+    parser.add_argument("--stages", type=int, nargs="+", default=[1, 2, 4, 16])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    rows = run(args.honest, args.byzantine, args.dim, tuple(args.stages), args.repeats)
+    machine = (
+        f"{platform.processor() or platform.machine()}, {jax.device_count()} x "
+        f"{jax.devices()[0].device_kind}, jax {jax.__version__}"
+    )
+    n = args.honest + args.byzantine
+    print(f"krum, n={n} (h={args.honest}, f={args.byzantine}), d={args.dim}; {machine}")
+    print(f"{'attack':<32} {'compile s':>9} {'median ms':>10} {'min ms':>8} {'objective':>11}")
+    for r in rows:
+        print(
+            f"{r['attack']:<32} {r['compile_s']:>9.2f} {r['median_ms']:>10.2f} "
+            f"{r['min_ms']:>8.2f} {r['objective']:>11.4g}"
+        )
+    if args.json:
+        with open(args.json, "w") as fd:
+            json.dump({"machine": machine, "n": n, "d": args.dim, "rows": rows}, fd, indent=2)
+
+
+if __name__ == "__main__":
+    main()

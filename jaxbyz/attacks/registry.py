@@ -1,0 +1,37 @@
+"""The attack registry, apart from ``__init__`` so that family modules can register themselves."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from jaxbyz._registry import Registry
+from jaxbyz.attacks.base import Attack
+
+REGISTRY: Registry[Attack] = Registry("attack")
+
+# canonical name -> the keyword parameters its factory accepts
+PARAMS: dict[str, tuple[str, ...]] = {}
+
+
+def register(name: str, *aliases: str) -> Callable[[Callable[..., Attack]], Callable[..., Attack]]:
+    """Register an attack factory under ``name`` and ``aliases``, recording its parameters."""
+    decorate = REGISTRY.register(name, *aliases)
+
+    def wrapper(factory: Callable[..., Attack]) -> Callable[..., Attack]:
+        PARAMS[name] = tuple(inspect.signature(factory).parameters)
+        return decorate(factory)
+
+    return wrapper
+
+
+def build(name: str, **params: object) -> Attack:
+    """``REGISTRY.get`` with unknown parameter names reported as a ``ValueError``."""
+    canonical = REGISTRY.canonical(name)
+    unknown = sorted(set(params) - set(PARAMS[canonical]))
+    if unknown:
+        known = ", ".join(PARAMS[canonical]) or "none"
+        raise ValueError(
+            f"attack {canonical}: unknown parameter(s) {', '.join(unknown)}; known: {known}"
+        )
+    return REGISTRY.get(canonical, **params)
