@@ -1,0 +1,61 @@
+"""Pairwise Euclidean distances between the rows of ``G`` ``[n, d]`` from one Gram product.
+
+``‖a - b‖² = ‖a‖² + ‖b‖² - 2⟨a, b⟩``, clamped at 0, with the Gram matrix computed at
+``Precision.HIGHEST`` (GPU matmuls otherwise round to TF32, which flips Krum's choices), by blocks
+of rows when ``n`` is large, so that nothing of size ``[n, n, d]`` ever exists and the ``[n, n]``
+temporaries stay bounded. The norms are the Gram diagonal, so a row holding NaN or ±Inf (or so
+large that its squared norm overflows) has a non-finite diagonal: its distances, and its own
+diagonal entry, are ``+Inf``.
+
+Precision: the formula loses about ``eps · ‖a‖² / ‖a - b‖²`` in relative terms, which is small
+for gradients (``‖a‖`` within a few hundred times ``‖a - b‖``); exact ties between identical
+rows are preserved since their Gram entries are computed identically.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+HIGHEST = lax.Precision.HIGHEST
+BLOCK_ROWS = 1024
+
+
+def gram(X: Array, block_rows: int = BLOCK_ROWS) -> Array:
+    """``X Xᵀ`` ``[n, n]``, by blocks of ``block_rows`` rows when ``n`` exceeds it."""
+    n = X.shape[0]
+    if n <= block_rows:
+        return jnp.dot(X, X.T, precision=HIGHEST)
+    starts = jnp.asarray([*range(0, n - block_rows, block_rows), n - block_rows], jnp.int32)
+
+    def body(i: Array, out: Array) -> Array:
+        rows = lax.dynamic_slice_in_dim(X, starts[i], block_rows, axis=0)
+        block = jnp.dot(rows, X.T, precision=HIGHEST)
+        return lax.dynamic_update_slice_in_dim(out, block, starts[i], axis=0)
+
+    return lax.fori_loop(0, starts.shape[0], body, jnp.zeros((n, n), X.dtype))
+
+
+def pairwise_sq_distances(G: Array, block_rows: int = BLOCK_ROWS) -> Array:
+    """Squared distances ``[n, n]``: symmetric; diagonal 0 for finite rows, +Inf otherwise."""
+    K = gram(G, block_rows)
+    sq = jnp.diagonal(K)
+    finite = jnp.isfinite(sq)
+    D = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * K, 0.0)
+    D = 0.5 * (D + D.T)
+    D = jnp.where(finite[:, None] & finite[None, :] & ~jnp.isnan(D), D, jnp.inf)
+    eye = jnp.eye(G.shape[0], dtype=bool)
+    return jnp.where(eye, jnp.where(finite, 0.0, jnp.inf), D)
+
+
+def pairwise_distances(G: Array, squared: bool = False, block_rows: int = BLOCK_ROWS) -> Array:
+    """Euclidean (or squared, with ``squared=True``) distances between the rows of ``G``."""
+    D = pairwise_sq_distances(G, block_rows)
+    return D if squared else jnp.sqrt(D)
+
+
+def rows_finite(D: Array) -> Array:
+    """``[n]`` bool from a distance matrix: whether each row of ``G`` is finite (and not huge)."""
+    return jnp.isfinite(jnp.diagonal(D))
