@@ -476,3 +476,22 @@ def test_cli_help_and_dry_run(tmp_path, capsys, standins):
     with pytest.raises(SystemExit):
         sweep.main(["no-such-preset"])
     assert "unknown preset" in capsys.readouterr().err
+
+
+def test_missing_dataset_stops_the_sweep_with_one_line(tmp_path, capsys, monkeypatch):
+    from jaxbyz import data as data_lib
+    from jaxbyz.experiments import sweep
+
+    def missing(name, data_dir=None, **_):
+        raise data_lib.DatasetNotFoundError(f"--dataset {name}: not found (test)")
+
+    monkeypatch.setattr(data_lib, "load_dataset", missing)
+    out = tmp_path / "out"
+    args = ["smoke", "--set", "dataset=fashion-mnist", "--output", str(out), "--no-progress"]
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main([*args, "--cache-dir", "none"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "fashion-mnist: not found" in err and "--set dataset=synthetic" in err
+    assert not (out / "runs.csv").exists()

@@ -510,7 +510,8 @@ class Sweep:
         )
         return self.stats
 
-    def _dataset(self, config: Config) -> data_lib.Dataset:
+    def dataset(self, config: Config) -> data_lib.Dataset:
+        """The dataset of ``config``, loaded once per sweep."""
         key = (config.dataset, config.data_dir)
         if key not in self._datasets:
             self._datasets[key] = data_lib.load_dataset(config.dataset, config.data_dir)
@@ -533,7 +534,7 @@ class Sweep:
         first = program.runs[0].config
         try:
             attacks = {r.id: validate(r.config)[1] for r in program.runs}
-            sim = make_simulation(first, self._dataset(first))
+            sim = make_simulation(first, self.dataset(first))
         except Exception as err:  # invalid configuration or missing data: every run fails
             return {"error": f"{type(err).__name__}: {err}"}
         # the dataset's arrays are passed per device (_device_arrays); drop this copy

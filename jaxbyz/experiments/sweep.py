@@ -158,6 +158,23 @@ def report(store: Any, meta: dict[str, Any], plots: bool) -> Path:
     return write_report(store.root, table, curves_frame, meta, plots=plots)
 
 
+def check_datasets(sweep: Any) -> None:
+    """Load every dataset of the grid now, so that a missing one stops the sweep with one line
+    (instead of failing each of its runs)."""
+    from jaxbyz.data import DatasetNotFoundError
+
+    seen = set()
+    for run in sweep.grid.runs:
+        key = (run.config.dataset, run.config.data_dir)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            sweep.dataset(run.config)
+        except DatasetNotFoundError as err:
+            raise ValueError(f"{err}; for a sweep: --set dataset=synthetic") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m jaxbyz.experiments.sweep``."""
     parser = build_parser()
@@ -201,6 +218,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.dry_run:
         dry_run(sweep)
         return 0
+    check_datasets(sweep)
     runner.enable_compilation_cache(None if args.cache_dir.lower() == "none" else args.cache_dir)
     command = "python -m jaxbyz.experiments.sweep " + shlex.join(
         sys.argv[1:] if argv is None else argv
