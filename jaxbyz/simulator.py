@@ -10,7 +10,8 @@ Parameters travel as one flat vector (``ravel_pytree``) so that rules and attack
 of a PRNG key that runs the whole run (evaluations included) as one program, so that
 ``jax.vmap(train)(keys)`` runs several seeds at once. Numbers that may vary across a sweep without
 changing shapes (learning rate, momentum, dampening, l2 factor, attack parameters) are traced
-``hparams``; everything else is static.
+``hparams``; everything else is static. Given a device mesh, the worker axis is split over its
+devices (:mod:`jaxbyz.sharding`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+from jax.sharding import Mesh
 
 from jaxbyz import data as data_lib
 from jaxbyz import metrics as metrics_lib
@@ -32,6 +34,7 @@ from jaxbyz import momentum as momentum_lib
 from jaxbyz import schedules
 from jaxbyz.config import Config, validate
 from jaxbyz.models import get_model
+from jaxbyz.sharding import Layout
 
 Array = jax.Array
 HParams = dict[str, Any]
@@ -70,6 +73,7 @@ class Simulation:
     bound: float | None
     schedule: schedules.Schedule
     arrays: dict[str, Array]
+    layout: Layout = dataclasses.field(default_factory=Layout)
 
     # ------------------------------------------------------------------------------------------ #
     # Shapes
@@ -129,7 +133,9 @@ class Simulation:
             theta0=theta,
             model_state=model_state,
             server_buffer=zeros,
-            worker_buffers=jnp.zeros((self.buffered_workers, self.dim), theta.dtype),
+            worker_buffers=self.layout.rows(
+                jnp.zeros((self.buffered_workers, self.dim), theta.dtype)
+            ),
             prev_aggregate=zeros,
             step=jnp.zeros((), jnp.int32),
             key=run_key,
@@ -156,7 +162,7 @@ class Simulation:
         """Per-worker gradients ``[w, d]``, losses ``[w]`` and averaged model-state updates."""
         w = self.grad_workers
         k_idx, k_flip, k_drop = jax.random.split(key, 3)
-        indices = self._sample_indices(k_idx, data)
+        indices = self.layout.rows(self._sample_indices(k_idx, data))
         x, y = data_lib.gather_batches(
             k_flip, data["train_x"], data["train_y"], indices, self.dataset
         )
@@ -217,17 +223,21 @@ class Simulation:
             c.momentum_at, state.theta, state.server_buffer, buffers, lr, beta, c.momentum_nesterov
         )
         grads, losses, updates = self._gradients(state, points, k_grad, hp, data)
-        grads = self._clip(grads)
+        grads = self.layout.rows(self._clip(grads))
         chex.assert_shape(grads, (self.grad_workers, self.dim))
 
         sent, new_buffers = self._submissions(grads, buffers, state.server_buffer, beta, damp)
+        new_buffers = self.layout.rows(new_buffers)
+        # attacks, rules and metrics read whole columns: coordinates split over the devices
+        sent = self.layout.columns(sent)
         honest = sent[:h]
         byzantine = self._byzantine(honest, sent[h:], k_attack, hp)
         chex.assert_shape(byzantine, (f, self.dim))
-        received = jnp.concatenate([honest, byzantine], axis=0)
+        received = self.layout.columns(jnp.concatenate([honest, byzantine], axis=0))
         aggregate, accepted = self.rule.aggregate(
             received, c.nb_decl_byz, key=k_rule, prev=state.prev_aggregate
         )
+        aggregate = self.layout.replicated(aggregate)
         chex.assert_shape(aggregate, (self.dim,))
         direction, server_buffer = momentum_lib.server_step(
             c.momentum_at, aggregate, state.server_buffer, beta, damp
@@ -356,24 +366,33 @@ class Simulation:
         return {"accuracy": accuracy, "study": study, "theta": state.theta}
 
 
-def _device_arrays(config: Config, dataset: data_lib.Dataset) -> dict[str, Array]:
+def _device_arrays(config: Config, dataset: data_lib.Dataset, layout: Layout) -> dict[str, Array]:
+    """The data sets on the device (replicated on every device of a mesh)."""
     arrays = {
-        "train_x": jnp.asarray(dataset.train_x),
-        "train_y": jnp.asarray(dataset.train_y),
-        "test_x": jnp.asarray(dataset.test_x),
-        "test_y": jnp.asarray(dataset.test_y),
+        "train_x": dataset.train_x,
+        "train_y": dataset.train_y,
+        "test_x": dataset.test_x,
+        "test_y": dataset.test_y,
     }
     if config.dirichlet_alpha is not None:
         table, lengths = data_lib.dirichlet_partition(
             dataset.train_y, config.nb_honests, config.dirichlet_alpha, seed=config.seed
         )
-        arrays["partition_table"] = jnp.asarray(table)
-        arrays["partition_lengths"] = jnp.asarray(lengths)
-    return arrays
+        arrays["partition_table"] = table
+        arrays["partition_lengths"] = lengths
+    if layout.mesh is not None:
+        return layout.place(arrays)
+    return {name: jnp.asarray(value) for name, value in arrays.items()}
 
 
-def make_simulation(config: Config, dataset: data_lib.Dataset | None = None) -> Simulation:
-    """Validate ``config``, load the data (unless given) and build the static simulation."""
+def make_simulation(
+    config: Config, dataset: data_lib.Dataset | None = None, mesh: Mesh | None = None
+) -> Simulation:
+    """Validate ``config``, load the data (unless given) and build the static simulation.
+
+    With a ``mesh`` (:func:`jaxbyz.sharding.worker_mesh`), the worker axis is split over its
+    devices (see :mod:`jaxbyz.sharding`); pass inputs through ``simulation.layout.place``.
+    """
     rule, attack = validate(config)
     if dataset is None:
         dataset = data_lib.load_dataset(config.dataset, config.data_dir)
@@ -399,12 +418,13 @@ def make_simulation(config: Config, dataset: data_lib.Dataset | None = None) -> 
         model_state_shape={k: v for k, v in shapes.items() if k != "params"},
         bound=rule.upper_bound(config.nb_workers, config.nb_decl_byz, int(flat.shape[0])),
         schedule=schedule,
-        arrays=_device_arrays(config, dataset),
+        arrays=_device_arrays(config, dataset, Layout(mesh)),
+        layout=Layout(mesh),
     )
 
 
 def make_train(
-    config: Config, dataset: data_lib.Dataset | None = None
+    config: Config, dataset: data_lib.Dataset | None = None, mesh: Mesh | None = None
 ) -> Callable[..., dict[str, Any]]:
     """``train(key, hparams=None, data=None) -> {"accuracy": [E], "study": {name: [T]}, "theta"}``.
 
@@ -415,7 +435,7 @@ def make_train(
     function close over them (closed-over arrays are compiled in as constants):
     ``jax.jit(jax.vmap(train, in_axes=(0, None, None)))(keys, None, train.data)``.
     """
-    sim = make_simulation(config, dataset)
+    sim = make_simulation(config, dataset, mesh)
 
     def train(key: Array, hparams: HParams | None = None, data: Data | None = None):
         return sim.run(key, hparams, data)

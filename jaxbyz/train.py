@@ -176,6 +176,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write config.json, eval.csv, study.csv, summary.json (must not exist yet)",
     )
     add("--no-progress", action="store_true", help="no progress bar")
+    add(
+        "--shard-workers",
+        action="store_true",
+        help="split the worker axis over every device (of every host with the flags below); "
+        "see jaxbyz/sharding.py",
+    )
+    add(
+        "--coordinator-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="several hosts: process 0's address, and call jax.distributed.initialize with "
+        "--num-processes and --process-id; 'auto' detects all three (Slurm, Open MPI, TPU)",
+    )
+    add("--num-processes", type=int, default=None, help="several hosts: number of processes")
+    add("--process-id", type=int, default=None, help="several hosts: this process's index")
     return p
 
 
@@ -276,17 +291,26 @@ def _start(sim: Any, key: jax.Array, data: dict) -> tuple[Any, jax.Array]:
 
 
 def run(
-    config: Config, result_directory: str | None = None, progress: bool = True
+    config: Config,
+    result_directory: str | None = None,
+    progress: bool = True,
+    shard_workers: bool = False,
 ) -> dict[str, Any]:
-    """Validate, compile, run with a progress bar, write results; return the summary."""
+    """Validate, compile, run with a progress bar, write results; return the summary.
+
+    ``shard_workers`` splits the worker axis over ``jax.devices()`` (every host's, after
+    ``jax.distributed.initialize``); then only process 0 writes the results.
+    """
     from tqdm import tqdm
 
+    from jaxbyz.sharding import to_host, worker_mesh
     from jaxbyz.simulator import make_simulation
 
-    directory = check_result_directory(result_directory)
-    sim = make_simulation(config)
-    hp = sim.default_hparams()
-    key = jax.random.key(config.seed)
+    writes = jax.process_index() == 0
+    directory = check_result_directory(result_directory) if writes else None
+    sim = make_simulation(config, mesh=worker_mesh() if shard_workers else None)
+    hp = sim.layout.place(sim.default_hparams())
+    key = sim.layout.place(jax.random.key(config.seed))
 
     started = time.perf_counter()
     data = sim.arrays
@@ -300,13 +324,13 @@ def run(
 
     writer = ResultWriter(directory, config)
     begun = time.perf_counter()
-    accuracy = float(accuracy)
+    accuracy = float(to_host(accuracy))
     writer.evaluation(0, accuracy)
     curve = [(0, accuracy)]
     step, status = 0, "completed"
     bar = tqdm(
         total=config.nb_steps,
-        disable=not progress,
+        disable=not (progress and writes),
         unit="step",
         file=sys.stderr,
         dynamic_ncols=True,
@@ -314,10 +338,10 @@ def run(
     try:
         for length in sim.segment_lengths():
             state, study, acc = segments[length](state, hp, data)
-            study = jax.device_get(study)
+            study = jax.tree.map(to_host, study)
             writer.study(step, study)
             step += length
-            accuracy = float(acc)
+            accuracy = float(to_host(acc))
             writer.evaluation(step, accuracy)
             curve.append((step, accuracy))
             bar.update(length)
@@ -343,6 +367,8 @@ def run(
         "variance_norm_bound": sim.bound,
         "parameters": sim.dim,
         "device": str(jax.devices()[0]),
+        "devices": sim.layout.devices,
+        "processes": jax.process_count(),
     }
     writer.close(summary)
     return summary
@@ -354,7 +380,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
-        summary = run(config, args.result_directory, progress=not args.no_progress)
+        distributed = (args.coordinator_address, args.num_processes, args.process_id)
+        if any(value is not None for value in distributed):
+            from jaxbyz.sharding import initialize_distributed
+
+            if args.coordinator_address == "auto":  # Slurm, Open MPI, Cloud TPU
+                distributed = (None, args.num_processes, args.process_id)
+            initialize_distributed(*distributed)
+        summary = run(
+            config,
+            args.result_directory,
+            progress=not args.no_progress,
+            shard_workers=args.shard_workers,
+        )
     except (ValueError, DatasetNotFoundError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(
