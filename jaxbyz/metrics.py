@@ -11,6 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxbyz.aggregators.ops import row_mean
+
 Array = jax.Array
 
 NAMES = (
@@ -37,12 +39,6 @@ NAMES = (
     "variance_norm_ratio",
     "learning_rate",
 )
-
-
-def row_mean(X: Array) -> Array:
-    """Mean over the leading axis as a matrix-vector product (faster than ``X.mean(0)`` on CPU)."""
-    k = X.shape[0]
-    return jnp.dot(jnp.full((k,), 1.0 / k, X.dtype), X, precision=jax.lax.Precision.HIGHEST)
 
 
 def summarize(X: Array) -> tuple[Array, Array, Array, Array]:

@@ -10,19 +10,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxbyz.aggregators.ops import HIGHEST
+from jaxbyz.aggregators.ops import row_mean as mean  # mu = (1/h) sum_i H_i, one mat-vec product
+from jaxbyz.aggregators.ops import row_weighted_sum as weighted_sum  # sum_i w_i H_i
+
 Array = jax.Array
-HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def weighted_sum(w: Array, H: Array) -> Array:
-    """``sum_i w_i H_i`` over the worker axis, as one matrix-vector product."""
-    return jnp.dot(w.astype(H.dtype), H, precision=HIGHEST)
-
-
-def mean(H: Array) -> Array:
-    """Coordinate-wise mean ``mu = (1/h) sum_i H_i`` of the ``[h, d]`` rows."""
-    h = H.shape[0]
-    return weighted_sum(jnp.full((h,), 1.0 / h, H.dtype), H)
+__all__ = ["HIGHEST", "broadcast", "mean", "mean_std", "weighted_sum"]
 
 
 def mean_std(H: Array) -> tuple[Array, Array]:
