@@ -22,6 +22,7 @@ import os
 import struct
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -329,12 +330,26 @@ def dirichlet_partition(
     return table, lengths
 
 
-def preprocess(x: Array, dataset: Dataset) -> Array:
-    """Raw stored samples -> float32 model inputs (scaled then normalised per channel)."""
-    x = x.astype(jnp.float32) * dataset.scale
-    mean = jnp.asarray(dataset.mean, jnp.float32)
-    std = jnp.asarray(dataset.std, jnp.float32)
+def preprocess(x: Array, dataset: Dataset, xp: Any = jnp) -> Array:
+    """Raw stored samples -> float32 model inputs (scaled then normalised per channel); ``xp``
+    is ``jax.numpy`` (on the device, in the step) or ``numpy`` (once, on the host)."""
+    x = x.astype(xp.float32) * xp.float32(dataset.scale)
+    mean = xp.asarray(dataset.mean, xp.float32)
+    std = xp.asarray(dataset.std, xp.float32)
     return (x - mean) / std
+
+
+def host_arrays(dataset: Dataset) -> dict[str, np.ndarray]:
+    """What a run keeps on the device: the raw training set (batches are gathered from it and
+    preprocessed in the step), the labels, and the test set already preprocessed (it is read
+    whole at every evaluation: normalising it once saves about 20 ms per evaluation of
+    Fashion-MNIST on a 2-core CPU)."""
+    return {
+        "train_x": dataset.train_x,
+        "train_y": dataset.train_y,
+        "test_inputs": preprocess(dataset.test_x, dataset, np),
+        "test_y": dataset.test_y,
+    }
 
 
 def sample_indices(

@@ -38,7 +38,7 @@ from jaxbyz.sharding import Layout
 
 Array = jax.Array
 HParams = dict[str, Any]
-Data = dict[str, Array]  # device arrays: train_x, train_y, test_x, test_y (+ partition)
+Data = dict[str, Array]  # device arrays: train_x, train_y, test_inputs, test_y (+ partition)
 # test examples per forward pass at evaluation: the whole MNIST test set for the MLP, less for
 # the convolutional models whose activations are larger
 EVAL_CHUNK = {"simples-full": 10_000, "simples-conv": 2_000, "empire-cnn": 500}
@@ -296,7 +296,7 @@ class Simulation:
 
     def evaluate(self, state: State, data: Data) -> Array:
         """Top-1 accuracy on the full test set (BatchNorm in inference mode, no dropout)."""
-        x, y = data["test_x"], data["test_y"]
+        x, y = data["test_inputs"], data["test_y"]
         count = y.shape[0]
         size = min(EVAL_CHUNK[self.config.model], count)
         chunks = math.ceil(count / size)
@@ -305,7 +305,7 @@ class Simulation:
 
         def correct(args):
             xb, yb, valid = args
-            logits = self.model.apply(variables, data_lib.preprocess(xb, self.dataset), train=False)
+            logits = self.model.apply(variables, xb, train=False)
             return jnp.sum((jnp.argmax(logits, axis=1) == yb) & valid)
 
         xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(chunks, size, *x.shape[1:])
@@ -368,12 +368,7 @@ class Simulation:
 
 def _device_arrays(config: Config, dataset: data_lib.Dataset, layout: Layout) -> dict[str, Array]:
     """The data sets on the device (replicated on every device of a mesh)."""
-    arrays = {
-        "train_x": dataset.train_x,
-        "train_y": dataset.train_y,
-        "test_x": dataset.test_x,
-        "test_y": dataset.test_y,
-    }
+    arrays = data_lib.host_arrays(dataset)
     if config.dirichlet_alpha is not None:
         table, lengths = data_lib.dirichlet_partition(
             dataset.train_y, config.nb_honests, config.dirichlet_alpha, seed=config.seed

@@ -53,7 +53,7 @@ from jaxbyz.experiments.grid import (
 )
 
 Log = Callable[[str], None]
-DATA_KEYS = ("train_x", "train_y", "test_x", "test_y")
+DATA_KEYS = ("train_x", "train_y", "test_inputs", "test_y")
 RESULT_COLUMNS = (
     "status",
     "reason",
@@ -521,7 +521,7 @@ class Sweep:
         """The simulation's data arrays on ``device`` (the dataset's shared across programs)."""
         key = (sim.config.dataset, sim.config.data_dir, device.id)
         if key not in self._arrays:
-            host = {name: getattr(sim.dataset, name) for name in DATA_KEYS}
+            host = data_lib.host_arrays(sim.dataset)
             self._arrays = {k: v for k, v in self._arrays.items() if k[:2] == key[:2]}
             self._arrays[key] = jax.device_put(host, device)
         extra = {k: v for k, v in sim.arrays.items() if k not in self._arrays[key]}
