@@ -43,7 +43,7 @@ started=$(date +%s)
 echo "== 1. step throughput (benchmarks/step.py)"
 # shellcheck disable=SC2086
 "$PY" benchmarks/step.py --n $STEP_N --steps "$STEP_STEPS" --repeats 3 --budget 30 \
-  --max-gb 60 --out "$OUT/step" | tail -n 20
+  --max-gb 60 --out "$OUT/step" | tee "$OUT/step.log"
 
 echo "== 2. rules alone (benchmarks/aggregators.py)"
 "$PY" benchmarks/aggregators.py "${AGG_ARGS[@]}" --out "$OUT/aggregators" | tail -n 40
