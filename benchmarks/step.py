@@ -10,12 +10,14 @@ steps run as one ``lax.scan`` (after one warm-up call), steps per second and hon
 gradients per second (``(n - f) x steps/s``: the per-example forward and backward passes the
 simulator really computes); the memory XLA plans for the step program (arguments, outputs and
 temporaries, from ``compiled.memory_analysis()``) and its temporaries alone, also as a count
-of ``n x d`` float32 matrices (the data set is an input, not a temporary); the device's peak
-bytes in use where the backend reports it (GPU, TPU); the process's peak resident memory so
-far; and the rule alone (``rule(G, f)``, jitted) on a random ``n x d`` matrix with its share of
-the step. Larger ``n`` are skipped for a rule once one of its steps took more than ``--budget``
-seconds, and shapes whose planned memory exceeds ``--max-gb``.
-Writes ``<out>.json`` and ``<out>.md``.
+of ``n x d`` float32 matrices (the data set is an input, not a temporary): these are per shape;
+the device's peak bytes in use *so far in the process* where the backend reports it (GPU, TPU)
+and the process's peak resident memory so far (both are high-water marks over every shape run
+before, smallest ``n`` first); and the rule alone (``rule(G, f)``, jitted) on a random ``n x d``
+matrix with its share of the step. Larger ``n`` are skipped for a rule once one of its steps took
+more than ``--budget`` seconds, and shapes whose planned memory exceeds ``--max-gb``; a shape that
+fails (out of device memory, say) is recorded with the error and the others go on.
+Writes ``<out>.json`` and ``<out>.md`` after every shape, so an interrupted run keeps its rows.
 
     python benchmarks/step.py                                  # n = 51, 256, 1024
     python benchmarks/step.py --n 4096 --rules krum bulyan --steps 2   # the 4096-worker run
@@ -171,7 +173,8 @@ def markdown(rows: list[dict], header: str) -> str:
         header,
         "",
         "| rule | n | f | devices | ms/step | steps/s | gradients/s | compile s | planned GB "
-        "| temporaries GB | as n x d | device peak GB | RSS peak GB | rule ms | rule share |",
+        "| temporaries GB | as n x d | device peak so far GB | RSS peak so far GB | rule ms "
+        "| rule share |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -219,30 +222,38 @@ def main(argv: list[str] | None = None) -> None:
     dataset = make_synthetic(n_train=60_000, n_test=1_000)
     header = f"Machine: {machine()}; {args.steps} steps per call, median of {args.repeats}."
     print(header, flush=True)
-    rows, over_budget = [], set()
-    for rule in args.rules:
-        for n in sorted(args.n):
-            f = byzantine_count(n)
-            if rule in over_budget:
-                rows.append({"rule": rule, "n": n, "f": f, "skipped": "over --budget"})
-                continue
-            try:
-                aggregators.get(rule).check(n, f)
-            except ValueError as err:
-                rows.append({"rule": rule, "n": n, "f": f, "skipped": str(err)})
-                continue
-            row = bench_step(rule, n, args, dataset)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            if row.get("step_ms", 0) > 1e3 * args.budget:
-                over_budget.add(rule)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    rows, over_budget = [], set()
+    for n in sorted(args.n):  # smallest first: the high-water marks grow with n
+        for rule in args.rules:
+            rows.append(measure(rule, n, args, dataset, over_budget))
+            print(json.dumps(rows[-1]), flush=True)
+            if rows[-1].get("step_ms", 0) > 1e3 * args.budget:
+                over_budget.add(rule)
+            write(out, rows, header)
+    print(markdown(rows, header))
+
+
+def measure(rule: str, n: int, args: argparse.Namespace, dataset, over_budget: set) -> dict:
+    """One row: the step and the rule at ``n`` workers, or why the shape was skipped."""
+    f = byzantine_count(n)
+    if rule in over_budget:
+        return {"rule": rule, "n": n, "f": f, "skipped": "over --budget"}
+    try:
+        aggregators.get(rule).check(n, f)
+        return bench_step(rule, n, args, dataset)
+    except ValueError as err:
+        return {"rule": rule, "n": n, "f": f, "skipped": str(err)}
+    except Exception as err:  # out of device memory, say: record it, go on with the others
+        return {"rule": rule, "n": n, "f": f, "skipped": f"{type(err).__name__}: {err}"[:300]}
+
+
+def write(out: Path, rows: list[dict], header: str) -> None:
+    """``<out>.json`` and ``<out>.md`` with the rows so far."""
     payload = {"machine": machine(), "argv": sys.argv[1:], "rows": rows}
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-    table = markdown(rows, header)
-    out.with_suffix(".md").write_text(table)
-    print(table)
+    out.with_suffix(".md").write_text(markdown(rows, header))
 
 
 if __name__ == "__main__":

@@ -435,6 +435,48 @@ def test_multi_device_dispatch_matches_one_device(tmp_path):
         np.testing.assert_allclose(one[column], many[column], rtol=1e-5, err_msg=column)
 
 
+def test_compiling_ahead_in_threads_matches_one_at_a_time(tmp_path):
+    """Programs built by several threads give the same runs as one thread; each program is
+    compiled once, and every batch runs the program of its own configuration."""
+    path = write_grid(
+        tmp_path / "threads.toml",
+        """
+        name = "threads"
+        dataset = "synthetic"
+        nb_workers = 7
+        nb_decl_byz = 2
+        batch_size = 8
+        nb_steps = 6
+        evaluation_delta = 3
+        gar = ["median", "krum", "average"]
+        attack = "little"
+        attack_args = { factor = 1.5, negative = true }
+        momentum_at = ["update", "worker"]
+        seed = [1, 2, 3]
+        """,
+    )
+    g = grid_lib.load_grid(path)
+    tables = {}
+    for workers in (1, 3):
+        store = runner.Store(tmp_path / f"out-{workers}")
+        logged: list[str] = []
+        sweep = runner.Sweep(
+            g, store, max_batch=2, progress=False, log=logged.append, compile_workers=workers
+        )
+        stats = sweep.run()
+        assert stats.failed == 0 and stats.runs_executed == 18
+        assert stats.compiled == 12 and stats.compile_workers == workers  # 6 programs x sizes 2, 1
+        assert sum("compiled for" in line for line in logged) == 12
+        tables[workers] = pd.read_csv(store.root / "runs.csv").set_index("run_id").sort_index()
+    one, many = tables[1], tables[3]
+    assert list(one.index) == list(many.index)
+    for column in ("best_accuracy", "final_loss", "mean_ratio", "mean_sampled_ratio"):
+        np.testing.assert_array_equal(one[column], many[column], err_msg=column)
+    assert len(set(one["mean_ratio"].round(6))) > 6  # the programs really differ
+    with pytest.raises(ValueError, match="--compile-workers must be >= 1, got 0"):
+        runner.Sweep(g, runner.Store(tmp_path / "bad"), compile_workers=0)
+
+
 # --------------------------------------------------------------------------------------------- #
 # Command line
 

@@ -2,9 +2,12 @@
 
 Runs that share every static field run as one compiled program, ``jit(vmap(Simulation.run))`` over
 their seeds and traced hyper-parameters (learning rate, momentum, dampening, l2 factor, attack
-factor), in batches of at most ``max_batch``. Batches are placed with ``jax.device_put`` and
-dispatched asynchronously: each program goes to the next device in turn (so it compiles once), and
-at most one batch per device is in flight.
+factor), in batches of at most ``max_batch``. Programs are built (traced, lowered and compiled)
+ahead of time by a pool of ``compile_workers`` threads, a few programs ahead of the one running,
+so compilation overlaps execution and uses several cores (XLA compiles outside the GIL; on an
+accelerator compiling is most of a small grid's time). Batches are placed with ``jax.device_put``
+and dispatched asynchronously: each program goes to the next device in turn (so it compiles once),
+and at most one batch per device is in flight.
 
 Storage (``Store``): each finished batch is one file ``parts/<id>.npz`` written to a temporary name
 then renamed (``os.replace``), so a sweep killed at any moment (SIGKILL included) loses at most
@@ -29,9 +32,11 @@ import io
 import json
 import os
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -311,6 +316,12 @@ def _json_default(value: Any) -> Any:
 # Devices and programs
 
 
+def default_compile_workers() -> int:
+    """Threads compiling programs ahead: one per core, at most 8 (each holds a compilation's
+    memory, a few hundred MB for the paper's models)."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 def resolve_devices(spec: str = "all", platform: str | None = None) -> list[jax.Device]:
     """``all``, a count ``N`` (the first N) or indices ``0,2`` of the local devices."""
     devices = jax.local_devices(backend=platform)
@@ -419,7 +430,8 @@ class SweepStats:
     runs_executed: int = 0
     programs: int = 0
     compiled: int = 0
-    compile_s: float = 0.0
+    compile_s: float = 0.0  # summed over the compiling threads
+    compile_workers: int = 1
     wall_s: float = 0.0
     failed: int = 0
     devices: list[str] = dataclasses.field(default_factory=list)
@@ -438,16 +450,30 @@ class Sweep:
         retry_failed: bool = False,
         progress: bool = True,
         log: Log | None = None,
+        compile_workers: int | None = None,
     ) -> None:
         self.grid, self.store, self.max_batch = grid, store, max_batch
+        if compile_workers is None:
+            compile_workers = default_compile_workers()
+        if compile_workers < 1:
+            raise ValueError(
+                f"--compile-workers must be >= 1, got {compile_workers} (threads compiling "
+                "ahead; 1 for one at a time)"
+            )
+        self.compile_workers = compile_workers
         self.devices = devices or jax.local_devices()
         self.retry_failed, self.progress = retry_failed, progress
         self.log = log or _log_above_bar
         self.rows, self.curves = store.load()
-        self.stats = SweepStats(runs_total=len(grid.runs), devices=[str(d) for d in self.devices])
+        self.stats = SweepStats(
+            runs_total=len(grid.runs),
+            devices=[str(d) for d in self.devices],
+            compile_workers=self.compile_workers,
+        )
         self.after_batch: Callable[[SweepStats], None] | None = None
         self._datasets: dict[tuple, data_lib.Dataset] = {}
         self._arrays: dict[tuple, dict[str, jax.Array]] = {}
+        self._lock = threading.Lock()  # the dataset and array caches, shared by the builders
 
     # -- what is left ------------------------------------------------------------------------- #
 
@@ -489,10 +515,27 @@ class Sweep:
             dynamic_ncols=True,
         )
         inflight: deque[Batch] = deque()
-        try:
-            for index, (program, batches) in enumerate(plan):
+        pool = ThreadPoolExecutor(self.compile_workers, thread_name_prefix="jaxbyz-compile")
+        ahead: deque[tuple[Program, list[list[Run]], jax.Device, Future]] = deque()
+        work = iter(enumerate(plan))
+
+        def build_ahead() -> None:  # keep every compiling thread busy, one program spare
+            while len(ahead) <= self.compile_workers:
+                item = next(work, None)
+                if item is None:
+                    return
+                index, (program, batches) = item
                 device = self.devices[index % len(self.devices)]  # one compile per program
-                prepared = self._prepare(program)
+                future = pool.submit(self._build, program, batches, device)
+                ahead.append((program, batches, device, future))
+
+        try:
+            build_ahead()
+            while ahead:
+                program, batches, device, future = ahead.popleft()
+                build_ahead()
+                prepared = future.result()
+                self._record_compiles(prepared)
                 for runs in batches:
                     inflight.append(self._dispatch(program, prepared, runs, device))
                     while len(inflight) >= len(self.devices):
@@ -500,11 +543,13 @@ class Sweep:
             while inflight:
                 self._finish(inflight.popleft(), bar)
         finally:
+            pool.shutdown(wait=False, cancel_futures=True)
             bar.close()
             self.store.write_tables(self.rows, self.curves)
             self.stats.wall_s = time.perf_counter() - started
         self.log(
-            f"compiled {self.stats.compiled} program(s) in {self.stats.compile_s:.1f} s; "
+            f"compiled {self.stats.compiled} program(s) in {self.stats.compile_s:.1f} s "
+            f"(summed over {self.compile_workers} compiling thread(s)); "
             f"ran {self.stats.runs_executed} runs ({self.stats.failed} failed) in "
             f"{self.stats.wall_s:.1f} s"
         )
@@ -513,19 +558,22 @@ class Sweep:
     def dataset(self, config: Config) -> data_lib.Dataset:
         """The dataset of ``config``, loaded once per sweep."""
         key = (config.dataset, config.data_dir)
-        if key not in self._datasets:
-            self._datasets[key] = data_lib.load_dataset(config.dataset, config.data_dir)
-        return self._datasets[key]
+        with self._lock:
+            if key not in self._datasets:
+                self._datasets[key] = data_lib.load_dataset(config.dataset, config.data_dir)
+            return self._datasets[key]
 
     def _device_arrays(self, sim: Any, device: jax.Device) -> dict[str, jax.Array]:
         """The simulation's data arrays on ``device`` (the dataset's shared across programs)."""
         key = (sim.config.dataset, sim.config.data_dir, device.id)
-        if key not in self._arrays:
-            host = data_lib.host_arrays(sim.dataset)
-            self._arrays = {k: v for k, v in self._arrays.items() if k[:2] == key[:2]}
-            self._arrays[key] = jax.device_put(host, device)
-        extra = {k: v for k, v in sim.arrays.items() if k not in self._arrays[key]}
-        return {**self._arrays[key], **jax.device_put(extra, device)}
+        with self._lock:
+            if key not in self._arrays:
+                host = data_lib.host_arrays(sim.dataset)
+                self._arrays = {k: v for k, v in self._arrays.items() if k[:2] == key[:2]}
+                self._arrays[key] = jax.device_put(host, device)
+            shared = self._arrays[key]
+        extra = {k: v for k, v in sim.arrays.items() if k not in shared}
+        return {**shared, **jax.device_put(extra, device)}
 
     def _prepare(self, program: Program) -> dict[str, Any]:
         """Validate the program's runs and build its simulation (no compilation yet)."""
@@ -536,7 +584,7 @@ class Sweep:
             attacks = {r.id: validate(r.config)[1] for r in program.runs}
             sim = make_simulation(first, self.dataset(first))
         except Exception as err:  # invalid configuration or missing data: every run fails
-            return {"error": f"{type(err).__name__}: {err}"}
+            return {"error": f"{type(err).__name__}: {err}", "label": program.label}
         # the dataset's arrays are passed per device (_device_arrays); drop this copy
         sim = dataclasses.replace(
             sim, arrays={k: v for k, v in sim.arrays.items() if k not in DATA_KEYS}
@@ -550,20 +598,50 @@ class Sweep:
             "label": program.label,
         }
 
+    def _build(
+        self, program: Program, batches: list[list[Run]], device: jax.Device
+    ) -> dict[str, Any]:
+        """Prepare ``program`` and compile it for each of its batch sizes on ``device`` (runs in a
+        compiling thread; a failure is recorded in the result, not raised)."""
+        prepared = self._prepare(program)
+        prepared["compile_log"] = []
+        if prepared["error"] is not None:
+            return prepared
+        for runs in {len(b): b for b in batches}.values():  # one batch of each size
+            try:
+                self._compiled(prepared, self._inputs(prepared, runs, device), device, len(runs))
+            except Exception as err:
+                prepared["error"] = f"{type(err).__name__}: {err}"  # it would fail again
+                break
+        return prepared
+
+    def _inputs(self, prepared: dict[str, Any], runs: list[Run], device: jax.Device) -> tuple:
+        """The arguments of ``prepared``'s program for ``runs`` on ``device``."""
+        sim = prepared["sim"]
+        keys, hps = stack_inputs(runs, [prepared["hparams"][r.id] for r in runs], device)
+        return self._device_arrays(sim, device), keys, hps
+
     def _compiled(self, prepared: dict[str, Any], args: tuple, device: jax.Device, size: int):
         """The program's executable for this batch size and device (lowered and compiled once;
         a hit in the persistent cache counts as a compilation, a short one)."""
-        label = prepared["label"]
         cache = prepared["compiled"]
         if (size, device.id) not in cache:
             begun = time.perf_counter()
             fn = jax.jit(program_function(prepared["sim"]))
             cache[size, device.id] = fn.lower(*args).compile()
-            elapsed = time.perf_counter() - begun
+            prepared.setdefault("compile_log", []).append(
+                (size, device, time.perf_counter() - begun)
+            )
+        return cache[size, device.id]
+
+    def _record_compiles(self, prepared: dict[str, Any]) -> None:
+        """Count and log (from the main thread) what a builder compiled."""
+        for size, device, elapsed in prepared.pop("compile_log", []):
             self.stats.compiled += 1
             self.stats.compile_s += elapsed
-            self.log(f"  {label}: batch of {size} compiled for {device} in {elapsed:.1f} s")
-        return cache[size, device.id]
+            self.log(
+                f"  {prepared['label']}: batch of {size} compiled for {device} in {elapsed:.1f} s"
+            )
 
     def _dispatch(
         self, program: Program, prepared: dict[str, Any], runs: list[Run], device: jax.Device
@@ -575,9 +653,9 @@ class Sweep:
         sim = prepared["sim"]
         batch.steps, batch.bound = np.asarray(sim.evaluation_steps()), sim.bound
         try:
-            keys, hps = stack_inputs(runs, [prepared["hparams"][r.id] for r in runs], device)
-            args = (self._device_arrays(sim, device), keys, hps)
+            args = self._inputs(prepared, runs, device)
             compiled = self._compiled(prepared, args, device, len(runs))
+            self._record_compiles(prepared)
             batch.started = time.perf_counter()
             batch.outputs = compiled(*args)  # asynchronous dispatch
         except Exception as err:

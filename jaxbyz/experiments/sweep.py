@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="local devices to spread batches over: all, a count N, or indices 0,2 "
         "(default %(default)s)",
     )
+    add(
+        "--compile-workers",
+        type=int,
+        default=None,
+        help="threads compiling programs ahead of the one running (default: one per core, at "
+        "most 8); 1 compiles one program at a time, still overlapped with execution",
+    )
     add("--platform", default=None, help="device platform: cpu, gpu or tpu (default: JAX's)")
     add(
         "--cache-dir",
@@ -214,6 +221,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
         devices=devices,
         retry_failed=args.retry_failed,
         progress=not args.no_progress,
+        compile_workers=args.compile_workers,
     )
     if args.dry_run:
         dry_run(sweep)
