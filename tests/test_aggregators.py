@@ -359,6 +359,36 @@ def test_large_n_layered_sort_matches_reference() -> None:
             assert_close(got, reference(name, G, f)[0], G)
 
 
+def test_large_n_accelerator_path_matches_reference(monkeypatch) -> None:
+    # off CPU the rules above the fused-network limit sort the whole matrix with jnp.sort; run
+    # that branch here by making platform_dependent always take its default
+    from jaxbyz.aggregators import order
+
+    monkeypatch.setattr(order, "platform_dependent", lambda *args, cpu, default: default(*args))
+    n, f = 150, 35
+    for seed, kind in enumerate(KINDS):
+        G = data(kind, n, 300 if seed == 0 else 5, seed)
+        for name in ("median", "trmean", "phocas", "meamed", "bulyan"):
+            rule = aggregators.get(name)
+            g = 5 if name == "bulyan" else f  # Bulyan: its theta = n - 2f rows above 128
+            got, _ = jax.jit(lambda G, rule=rule, g=g: rule.aggregate(G, g))(jnp.asarray(G))
+            assert_close(got, reference(name, G, g)[0], G)
+
+
+@pytest.mark.parametrize("name", ["median", "meamed", "bulyan"])
+def test_large_n_sort_is_chosen_per_platform(name: str) -> None:
+    # lowered for CPU: the blocked sorting network; for CUDA: XLA's sort of the columns (Bulyan
+    # also sorts its distance scores on both)
+    rule = aggregators.get(name)
+    f = 5 if name == "bulyan" else 30  # Bulyan: its theta = n - 2f rows above 128
+    fn = jax.jit(lambda G: rule.aggregate(G, f))
+    traced = fn.trace(jax.ShapeDtypeStruct((150, 1000), jnp.float32))
+    cpu = traced.lower(lowering_platforms=("cpu",)).as_text()
+    cuda = traced.lower(lowering_platforms=("cuda",)).as_text()
+    sorts = {name: text.count('"stablehlo.sort"') for name, text in (("cpu", cpu), ("cuda", cuda))}
+    assert sorts["cuda"] > sorts["cpu"] and (sorts["cpu"] == 0 or name == "bulyan"), sorts
+
+
 # ---------------------------------------------------------------------------- scale
 
 
