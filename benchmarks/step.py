@@ -111,14 +111,20 @@ def bench_step(rule: str, n: int, args: argparse.Namespace, dataset) -> dict:
     mesh = worker_mesh() if args.shard_workers else None
     sim = make_simulation(config, dataset, mesh)
     hp = sim.layout.place(sim.default_hparams())
-    state = jax.jit(sim.init)(sim.layout.place(jax.random.key(0)))
+    key = sim.layout.place(jax.random.key(0))
+    state_shardings = sim.layout.state_shardings(jax.eval_shape(sim.init, key))
+    init_kw, scan_kw = {}, {}
+    if state_shardings is not None:  # --shard-workers: the momenta stay split between calls
+        init_kw = {"out_shardings": state_shardings}
+        scan_kw = {"out_shardings": (state_shardings, sim.layout.replicated_sharding())}
+    state = jax.jit(sim.init, **init_kw)(key)
     steps = args.steps
 
     def scanned(state, hp, data):
         return jax.lax.scan(lambda s, _: sim.step(s, hp, data), state, None, length=steps)
 
     started = time.perf_counter()
-    compiled = jax.jit(scanned).lower(state, hp, sim.arrays).compile()
+    compiled = jax.jit(scanned, **scan_kw).lower(state, hp, sim.arrays).compile()
     compile_s = time.perf_counter() - started
     matrix_gb = n * sim.dim * 4 / 2**30
     planned, temporaries = planned_gb(compiled)

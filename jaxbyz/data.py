@@ -272,7 +272,8 @@ def make_synthetic(
             raise ValueError(f"synthetic dataset: {param} must be >= 1, got {value}")
     rng = np.random.default_rng(seed)
     dim = int(np.prod(shape))
-    centres = rng.standard_normal((num_classes, dim)).astype(np.float32) * (3.0 / np.sqrt(dim))
+    scale = np.float32(3.0 / np.sqrt(dim))  # a NumPy float64 scalar would promote the arrays
+    centres = rng.standard_normal((num_classes, dim)).astype(np.float32) * scale
 
     def draw(count: int) -> tuple[np.ndarray, np.ndarray]:
         labels = rng.integers(0, num_classes, count).astype(np.int32)

@@ -73,6 +73,29 @@ class Layout:
         """``x`` whole on every device."""
         return self._constrain(x, P())
 
+    def replicated_sharding(self) -> NamedSharding | None:
+        """The sharding of a value held whole on every device (None without a mesh)."""
+        return None if self.mesh is None else NamedSharding(self.mesh, P())
+
+    def state_shardings(self, state: Any) -> Any:
+        """Shardings for the simulator's ``State`` (or its shapes) *between* programs, to pass
+        as a jitted program's ``out_shardings``: the worker momenta ``[w, d]`` split by rows,
+        everything else replicated. The partitioner infers the same today from the constraints
+        inside the step; stating it makes the layout between programs a guarantee (whole
+        momenta on every device would cost an all-gather of ``w d`` floats per segment).
+
+        A ``jax.Array`` must split evenly, so when ``w`` is not a multiple of the device count
+        the momenta stay replicated between programs (inside a program they are split anyway).
+        None without a mesh (JAX chooses).
+        """
+        if self.mesh is None:
+            return None
+        replicated = NamedSharding(self.mesh, P())
+        shardings = jax.tree.map(lambda _: replicated, state)
+        if state.worker_buffers.shape[0] % self.devices == 0:
+            shardings = shardings.replace(worker_buffers=NamedSharding(self.mesh, P(WORKERS)))
+        return shardings
+
     def place(self, tree: Any) -> Any:
         """Host values (NumPy arrays, scalars, PRNG keys) as arrays replicated on the mesh.
 

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +285,35 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def compile_programs(
+    sim: Any, key: jax.Array, hp: dict, data: dict
+) -> tuple[Callable, dict[int, Callable]]:
+    """The compiled start program (``key, data -> state, accuracy``) and one segment program
+    per segment length (``state, hp, data -> state, study, accuracy``; the state is donated).
+
+    With a mesh, the state keeps its layout from one program to the next (the worker momenta
+    split by rows, :meth:`jaxbyz.sharding.Layout.state_shardings`).
+    """
+    state_shardings = sim.layout.state_shardings(jax.eval_shape(sim.init, key))
+    start_kw, segment_kw = {}, {}
+    if state_shardings is not None:
+        replicated = sim.layout.replicated_sharding()
+        start_kw = {"out_shardings": (state_shardings, replicated)}
+        segment_kw = {"out_shardings": (state_shardings, replicated, replicated)}
+    start = jax.jit(functools.partial(_start, sim), **start_kw).lower(key, data).compile()
+    state = jax.eval_shape(functools.partial(_start, sim), key, data)[0]
+    if state_shardings is not None:
+        state = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings
+        )
+    segment = jax.jit(sim.segment, static_argnums=3, donate_argnums=0, **segment_kw)
+    segments = {
+        length: segment.lower(state, hp, data, length).compile()
+        for length in sorted(set(sim.segment_lengths()))
+    }
+    return start, segments
+
+
 def _start(sim: Any, key: jax.Array, data: dict) -> tuple[Any, jax.Array]:
     """The initial state and its accuracy (one program: initialisation and first evaluation)."""
     state = sim.init(key)
@@ -314,12 +344,8 @@ def run(
 
     started = time.perf_counter()
     data = sim.arrays
-    start = jax.jit(functools.partial(_start, sim)).lower(key, data).compile()
+    start, segments = compile_programs(sim, key, hp, data)
     state, accuracy = start(key, data)
-    segments = {
-        length: jax.jit(sim.segment, static_argnums=3).lower(state, hp, data, length).compile()
-        for length in sorted(set(sim.segment_lengths()))
-    }
     compile_s = time.perf_counter() - started
 
     writer = ResultWriter(directory, config)
@@ -374,18 +400,52 @@ def run(
     return summary
 
 
+def distributed_args(
+    args: argparse.Namespace,
+) -> tuple[str | None, int | None, int | None] | None:
+    """``(coordinator_address, num_processes, process_id)`` for ``jax.distributed.initialize``
+    from the host flags, None without them; a ValueError names a bad or missing flag."""
+    address, count, index = args.coordinator_address, args.num_processes, args.process_id
+    if address is None and count is None and index is None:
+        return None
+    if not args.shard_workers:
+        raise ValueError(
+            "--coordinator-address/--num-processes/--process-id join several processes, which "
+            "only helps with --shard-workers (without it each would run the whole simulation); "
+            "fix: add --shard-workers"
+        )
+    if address == "auto":  # Slurm, Open MPI, Cloud TPU detect all three
+        return None, count, index
+    host, _, port = (address or "").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"--coordinator-address {address!r}: expected HOST:PORT of process 0 (e.g. "
+            "10.0.0.1:1234), or auto on Slurm, Open MPI or Cloud TPU"
+        )
+    if count is None or index is None:
+        raise ValueError(
+            f"--coordinator-address {address} needs --num-processes N and --process-id I "
+            "(0 <= I < N) on every process"
+        )
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(
+            f"--num-processes {count} and --process-id {index}: need N >= 1 and 0 <= I < N"
+        )
+    return address, count, index
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m jaxbyz.train``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
-        distributed = (args.coordinator_address, args.num_processes, args.process_id)
-        if any(value is not None for value in distributed):
+        distributed = distributed_args(args)
+        # every process checks, before any can create it (process 0 does after the join)
+        check_result_directory(args.result_directory)
+        if distributed is not None:
             from jaxbyz.sharding import initialize_distributed
 
-            if args.coordinator_address == "auto":  # Slurm, Open MPI, Cloud TPU
-                distributed = (None, args.num_processes, args.process_id)
             initialize_distributed(*distributed)
         summary = run(
             config,

@@ -115,12 +115,45 @@ def run_errors(mesh, steps: int = 8) -> dict[str, dict[str, float]]:
     return results
 
 
+def state_layout(mesh) -> dict[str, list[list]]:
+    """The partition spec of the worker momenta between the programs of ``python -m
+    jaxbyz.train`` (after the start program, after one segment), for 16 honest workers (splits
+    evenly over 8 devices) and 15 (does not)."""
+    from jaxbyz.train import compile_programs
+
+    dataset = make_synthetic(n_train=2_000, n_test=500)
+    specs = {}
+    for n in (20, 19):
+        config = Config(
+            dataset="synthetic",
+            nb_workers=n,
+            nb_decl_byz=4,
+            gar="median",
+            attack="little",
+            attack_args={"factor": 1.5},
+            momentum_at="worker",
+            batch_size=16,
+            nb_steps=4,
+            evaluation_delta=2,
+        )
+        sim = make_simulation(config, dataset, mesh)
+        key, hp = sim.layout.place(jax.random.key(0)), sim.layout.place(sim.default_hparams())
+        start, segments = compile_programs(sim, key, hp, sim.arrays)
+        state, _ = start(key, sim.arrays)
+        seen = [state.worker_buffers.sharding.spec]
+        state, _, _ = next(iter(segments.values()))(state, hp, sim.arrays)
+        seen.append(state.worker_buffers.sharding.spec)
+        specs[f"h={sim.buffered_workers}"] = [list(spec) for spec in seen]
+    return specs
+
+
 def main() -> None:
     mesh = worker_mesh()
     report = {
         "devices": len(jax.devices()),
         "rules": rule_errors(mesh),
         "runs": run_errors(mesh),
+        "state_layout": state_layout(mesh),
     }
     json.dump(report, sys.stdout)
 

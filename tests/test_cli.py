@@ -70,9 +70,23 @@ def test_run_writes_results(tmp_path, capsys):
         (["--learning-rate", "0"], "--learning-rate must be a positive number, got 0"),
         (["--nb-real-byz", "3"], "--nb-real-byz must be between 0 and --nb-decl-byz (2), got 3"),
         (["--attack-args", "factor"], "--attack-args 'factor' is malformed"),
+        (["--num-processes", "2", "--process-id", "0"], "fix: add --shard-workers"),
+        (
+            ["--shard-workers", "--coordinator-address", "node0"],
+            "--coordinator-address 'node0': expected HOST:PORT",
+        ),
+        (
+            ["--shard-workers", "--coordinator-address", "node0:1234", "--num-processes", "2"],
+            "needs --num-processes N and --process-id I",
+        ),
+        (
+            "--shard-workers --coordinator-address node0:1234 --num-processes 2 --process-id 2",
+            "need N >= 1 and 0 <= I < N",
+        ),
     ],
 )
 def test_bad_input_one_clear_line(tmp_path, capsys, flags, expected):
+    flags = flags.split() if isinstance(flags, str) else flags
     out = tmp_path / "never"
     with pytest.raises(SystemExit) as exit_info:
         train.main([*QUICK, *flags, "--result-directory", str(out)])

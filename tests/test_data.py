@@ -86,6 +86,7 @@ def test_tfds_source_with_mock_data():
 def test_synthetic_any_size():
     ds = data.make_synthetic(n_train=50, n_test=7, shape=(5,), num_classes=3)
     assert ds.train_x.shape == (50, 5) and ds.test_y.shape == (7,)
+    assert ds.train_x.dtype == ds.test_x.dtype == np.float32  # as the IDX and tfds sources
     assert set(np.unique(ds.train_y)) <= {0, 1, 2}
     with pytest.raises(ValueError, match="n_train"):
         data.make_synthetic(n_train=0)

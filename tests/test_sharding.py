@@ -62,6 +62,14 @@ def test_sharded_run_matches_one_device(report, run):
     assert result["collectives"] > 0, "the sharded step holds no collective: nothing was split"
 
 
+def test_worker_momenta_stay_split_between_programs(report):
+    # the train CLI's programs return the [h, d] momenta split by rows when h divides evenly
+    # over the 8 devices (else replicated: a jax.Array must split evenly)
+    layout = report["state_layout"]
+    assert layout["h=16"] == [["workers"], ["workers"]], layout
+    assert layout["h=15"] == [[], []], layout
+
+
 def test_layout_without_mesh_is_the_identity():
     layout = Layout()
     x = np.arange(6.0).reshape(2, 3)
