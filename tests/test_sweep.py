@@ -448,11 +448,11 @@ def test_compiling_ahead_in_threads_matches_one_at_a_time(tmp_path):
         batch_size = 8
         nb_steps = 6
         evaluation_delta = 3
-        gar = ["median", "krum", "average"]
+        gar = ["median", "krum"]
         attack = "little"
         attack_args = { factor = 1.5, negative = true }
         momentum_at = ["update", "worker"]
-        seed = [1, 2, 3]
+        seed = [1, 2]
         """,
     )
     g = grid_lib.load_grid(path)
@@ -464,15 +464,15 @@ def test_compiling_ahead_in_threads_matches_one_at_a_time(tmp_path):
             g, store, max_batch=2, progress=False, log=logged.append, compile_workers=workers
         )
         stats = sweep.run()
-        assert stats.failed == 0 and stats.runs_executed == 18
-        assert stats.compiled == 12 and stats.compile_workers == workers  # 6 programs x sizes 2, 1
-        assert sum("compiled for" in line for line in logged) == 12
+        assert stats.failed == 0 and stats.runs_executed == 8
+        assert stats.compiled == 4 and stats.compile_workers == workers  # 4 programs, 1 batch each
+        assert sum("compiled for" in line for line in logged) == 4
         tables[workers] = pd.read_csv(store.root / "runs.csv").set_index("run_id").sort_index()
     one, many = tables[1], tables[3]
     assert list(one.index) == list(many.index)
     for column in ("best_accuracy", "final_loss", "mean_ratio", "mean_sampled_ratio"):
         np.testing.assert_array_equal(one[column], many[column], err_msg=column)
-    assert len(set(one["mean_ratio"].round(6))) > 6  # the programs really differ
+    assert len(set(one["mean_ratio"].round(6))) > 4  # the programs really differ
     with pytest.raises(ValueError, match="--compile-workers must be >= 1, got 0"):
         runner.Sweep(g, runner.Store(tmp_path / "bad"), compile_workers=0)
 
