@@ -136,9 +136,10 @@ def sorted_rows(X: Array) -> Array:
 def columnwise(body: Callable[[Array], Array], X: Array, chunk: int = CHUNK_COLUMNS) -> Array:
     """``body`` (``[n, c] -> [c]``, column by column) applied to ``X`` ``[n, d]``.
 
-    For ``n <= NETWORK_MAX_ROWS`` it runs once on the whole matrix (a fused network). Above, it
-    runs on blocks of ``chunk`` columns in a loop, so that the layered sort of each block stays in
-    cache (the last block overlaps the previous one rather than padding ``X``).
+    For ``n <= NETWORK_MAX_ROWS`` it runs once on the whole matrix (a fused network). Above, on
+    CPU it runs on blocks of ``chunk`` columns in a loop, so that the layered sort of each block
+    stays in cache (the last block overlaps the previous one rather than padding ``X``); on other
+    platforms once on the whole matrix, which it then sorts with XLA's sort.
     """
     n, d = X.shape
     if n <= NETWORK_MAX_ROWS or d <= chunk:
