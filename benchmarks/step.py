@@ -112,11 +112,9 @@ def bench_step(rule: str, n: int, args: argparse.Namespace, dataset) -> dict:
     sim = make_simulation(config, dataset, mesh)
     hp = sim.layout.place(sim.default_hparams())
     key = sim.layout.place(jax.random.key(0))
-    state_shardings = sim.layout.state_shardings(jax.eval_shape(sim.init, key))
-    init_kw, scan_kw = {}, {}
-    if state_shardings is not None:  # --shard-workers: the momenta stay split between calls
-        init_kw = {"out_shardings": state_shardings}
-        scan_kw = {"out_shardings": (state_shardings, sim.layout.replicated_sharding())}
+    abstract = jax.eval_shape(sim.init, key)  # --shard-workers: momenta split between calls
+    init_kw = sim.layout.program_shardings(abstract, outputs=None)  # the state alone
+    scan_kw = sim.layout.program_shardings(abstract, outputs=1)  # state, study metrics
     state = jax.jit(sim.init, **init_kw)(key)
     steps = args.steps
 

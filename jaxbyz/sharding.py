@@ -73,10 +73,6 @@ class Layout:
         """``x`` whole on every device."""
         return self._constrain(x, P())
 
-    def replicated_sharding(self) -> NamedSharding | None:
-        """The sharding of a value held whole on every device (None without a mesh)."""
-        return None if self.mesh is None else NamedSharding(self.mesh, P())
-
     def state_shardings(self, state: Any) -> Any:
         """Shardings for the simulator's ``State`` (or its shapes) *between* programs, to pass
         as a jitted program's ``out_shardings``: the worker momenta ``[w, d]`` split by rows,
@@ -95,6 +91,17 @@ class Layout:
         if state.worker_buffers.shape[0] % self.devices == 0:
             shardings = shardings.replace(worker_buffers=NamedSharding(self.mesh, P(WORKERS)))
         return shardings
+
+    def program_shardings(self, state: Any, outputs: int | None) -> dict[str, Any]:
+        """``jax.jit`` keywords for a program returning ``(state, *outputs)`` (``outputs``
+        replicated values; ``None``: the state alone) whose state keeps the layout of
+        :meth:`state_shardings`. Empty without a mesh (JAX chooses)."""
+        shardings = self.state_shardings(state)
+        if shardings is None:
+            return {}
+        if outputs is None:
+            return {"out_shardings": shardings}
+        return {"out_shardings": (shardings, *[NamedSharding(self.mesh, P())] * outputs)}
 
     def place(self, tree: Any) -> Any:
         """Host values (NumPy arrays, scalars, PRNG keys) as arrays replicated on the mesh.

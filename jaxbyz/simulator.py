@@ -389,6 +389,7 @@ def make_simulation(
     devices (see :mod:`jaxbyz.sharding`); pass inputs through ``simulation.layout.place``.
     """
     rule, attack = validate(config)
+    layout = Layout(mesh)
     if dataset is None:
         dataset = data_lib.load_dataset(config.dataset, config.data_dir)
     model = get_model(config.model, dataset.num_classes)
@@ -413,8 +414,8 @@ def make_simulation(
         model_state_shape={k: v for k, v in shapes.items() if k != "params"},
         bound=rule.upper_bound(config.nb_workers, config.nb_decl_byz, int(flat.shape[0])),
         schedule=schedule,
-        arrays=_device_arrays(config, dataset, Layout(mesh)),
-        layout=Layout(mesh),
+        arrays=_device_arrays(config, dataset, layout),
+        layout=layout,
     )
 
 

@@ -294,17 +294,15 @@ def compile_programs(
     With a mesh, the state keeps its layout from one program to the next (the worker momenta
     split by rows, :meth:`jaxbyz.sharding.Layout.state_shardings`).
     """
-    state_shardings = sim.layout.state_shardings(jax.eval_shape(sim.init, key))
-    start_kw, segment_kw = {}, {}
-    if state_shardings is not None:
-        replicated = sim.layout.replicated_sharding()
-        start_kw = {"out_shardings": (state_shardings, replicated)}
-        segment_kw = {"out_shardings": (state_shardings, replicated, replicated)}
+    layout, state = sim.layout, jax.eval_shape(sim.init, key)
+    start_kw = layout.program_shardings(state, outputs=1)  # state, accuracy
+    segment_kw = layout.program_shardings(state, outputs=2)  # state, study, accuracy
     start = jax.jit(functools.partial(_start, sim), **start_kw).lower(key, data).compile()
-    state = jax.eval_shape(functools.partial(_start, sim), key, data)[0]
-    if state_shardings is not None:
+    if start_kw:  # the segments receive the state as the start program returns it
         state = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            state,
+            start_kw["out_shardings"][0],
         )
     segment = jax.jit(sim.segment, static_argnums=3, donate_argnums=0, **segment_kw)
     segments = {

@@ -27,13 +27,18 @@ from jaxbyz.sharding import Layout, to_host, worker_mesh
 CHECK = Path(__file__).with_name("sharded_check.py")
 
 
-@pytest.fixture(scope="module")
-def report() -> dict:
-    env = {
+def forced_cpu_env(devices: int) -> dict[str, str]:
+    """The environment of a subprocess whose JAX sees ``devices`` CPU devices."""
+    return {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
         "JAX_PLATFORMS": "cpu",
     }
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    env = forced_cpu_env(8)
     proc = subprocess.run(
         [sys.executable, str(CHECK)], env=env, capture_output=True, text=True, timeout=600
     )
@@ -87,11 +92,7 @@ def test_place_and_to_host_on_one_device():
 
 
 def test_cli_shard_workers_writes_results(tmp_path):
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-        "JAX_PLATFORMS": "cpu",
-    }
+    env = forced_cpu_env(4)
     out = tmp_path / "run"
     command = [sys.executable, "-m", "jaxbyz.train", "--dataset", "synthetic"]
     command += ["--nb-workers", "11", "--nb-decl-byz", "2", "--gar", "krum", "--attack", "little"]
@@ -116,11 +117,7 @@ def _free_port() -> int:
 def test_two_processes_match_one(tmp_path):
     """Two processes of 2 CPU devices each (jax.distributed over localhost, gloo collectives)
     give the curve of one process with 4 devices; only process 0 writes."""
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-        "JAX_PLATFORMS": "cpu",
-    }
+    env = forced_cpu_env(2)
     base = [sys.executable, "-m", "jaxbyz.train", "--dataset", "synthetic", "--nb-workers", "11"]
     base += ["--nb-decl-byz", "2", "--gar", "median", "--attack", "little", "--batch-size", "16"]
     base += ["--nb-steps", "6", "--evaluation-delta", "3", "--no-progress", "--shard-workers"]
@@ -139,7 +136,7 @@ def test_two_processes_match_one(tmp_path):
     for proc in procs:
         output, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, output[-4000:]
-    single_env = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    single_env = forced_cpu_env(4)
     single = [*base, "--result-directory", str(tmp_path / "single")]
     proc = subprocess.run(single, env=single_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
