@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbyz import aggregators, attacks
-from jaxbyz.attacks.statistics import HIGHEST, mean
+from jaxbyz.rows import HIGHEST, row_mean
 
 
 def make_inputs(h: int = 39, d: int = 79_510, seed: int = 0) -> jax.Array:
@@ -54,7 +54,7 @@ def time_attack(
         started = time.perf_counter()
         call(H, key).block_until_ready()
         times.append(time.perf_counter() - started)
-    dev = rule(jnp.concatenate([H, byz]), f_decl) - mean(H)
+    dev = rule(jnp.concatenate([H, byz]), f_decl) - row_mean(H)
     return {
         "compile_s": compile_s,
         "median_ms": 1e3 * statistics.median(times),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import chex
 import jax
@@ -39,7 +40,8 @@ def test_names_and_aliases():
     assert attacks.get("alie").name == "little" and attacks.get("IPM").name == "empire"
     with pytest.raises(ValueError, match="unknown attack 'nope'"):
         attacks.get("nope")
-    with pytest.raises(ValueError, match=r"unknown parameter.*foo"):
+    message = "attack little: parameter foo=1 is invalid; attack little has no parameter 'foo'"
+    with pytest.raises(ValueError, match=re.escape(message)):
         attacks.get("little", foo=1)
 
 
@@ -154,7 +156,7 @@ def test_zero_byzantine_and_labelflip():
         chex.assert_shape(attacks.get(name, **({} if name in ("nan", "signflip", "anticge")
                                                 else {"factor": 1.0}))(H, 0), (0, 40))  # fmt: skip
     lf = attacks.get("labelflip", momentum=False)
-    assert lf.label_flip and lf.params == {"momentum": False}
+    assert lf.poison is not None and lf.params == {"momentum": False}
     with pytest.raises(ValueError, match="data poisoning"):
         lf(H, 2)
 
@@ -293,25 +295,73 @@ def test_adaptive_with_fewer_real_byzantine():
 @pytest.mark.parametrize(
     ("name", "params", "match"),
     [
-        ("little", {"factor": -1.5}, "factor=-1.5"),
-        ("little", {"factor": "bogus"}, "factor mode 'bogus'"),
-        ("little", {"factor": float("nan")}, "factor must be finite"),
-        ("empire", {"factor": "auto"}, "factor mode 'auto'"),
-        ("little", {"negative": "yes"}, "negative must be True or False, got 'yes'"),
-        ("little", {"stages": 0}, "stages must be >= 1, got 0"),
-        ("gaussian", {"scale": -1.0}, "scale must be >= 0.0, got -1.0"),
-        ("signflip", {"scale": float("inf")}, "scale must be a finite number"),
-        ("mimic", {"index": -1}, "index must be >= 0, got -1"),
-        ("mimic", {"index": "first"}, "index must be a non-negative integer or 'random'"),
-        ("bulyan", {"target_idx": "x"}, "target_idx must be an integer or 'all'"),
-        ("anticge", {"margin": 1.5}, r"margin must be in \[0, 1\), got 1.5"),
-        ("labelflip", {"momentum": 1}, "momentum must be True or False, got 1"),
-        ("inf", {"negative": None}, "negative must be True or False, got None"),
+        ("little", {"factor": -1.5}, "attack little: factor=-1.5 is negative but not an integer"),
+        ("little", {"factor": "bogus"}, "attack little: unknown factor mode 'bogus'"),
+        ("little", {"factor": float("nan")}, "attack little: factor must be finite, got nan"),
+        ("empire", {"factor": "auto"}, "attack empire: unknown factor mode 'auto'"),
+        (
+            "little",
+            {"negative": "yes"},
+            "attack little: parameter negative='yes' is invalid; pass True or False",
+        ),
+        ("little", {"stages": 0}, "attack little: parameter stages=0 is invalid; pass an integer"),
+        (
+            "empire-strict",
+            {"stages": 1.0},
+            "attack empire-strict: parameter stages=1.0 is invalid; pass an integer >= 1",
+        ),
+        (
+            "gaussian",
+            {"scale": -1.0},
+            "attack gaussian: parameter scale=-1.0 is invalid; pass a finite number >= 0",
+        ),
+        (
+            "signflip",
+            {"scale": float("inf")},
+            "attack signflip: parameter scale=inf is invalid; pass a finite number",
+        ),
+        ("mimic", {"index": -1}, "attack mimic: parameter index=-1 is invalid; pass an integer"),
+        (
+            "mimic",
+            {"index": "first"},
+            "attack mimic: parameter index='first' is invalid; pass an integer >= 0 or 'random'",
+        ),
+        (
+            "bulyan",
+            {"target_idx": "x"},
+            "attack bulyan: parameter target_idx='x' is invalid; pass an integer or 'all'",
+        ),
+        (
+            "anticge",
+            {"margin": 1.5},
+            "attack anticge: parameter margin=1.5 is invalid; pass a finite number >= 0 and < 1",
+        ),
+        (
+            "labelflip",
+            {"momentum": 1},
+            "attack labelflip: parameter momentum=1 is invalid; pass True or False",
+        ),
+        ("inf", {"negative": None}, "attack inf: parameter negative=None is invalid; pass True"),
     ],
 )
 def test_bad_parameters(name, params, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=re.escape(match)):
         attacks.get(name, **params)
+
+
+def test_array_parameters_pass_unchecked():
+    """A ``jax.Array`` (a traced call-time override) is not validated; integers still are."""
+    H = honest()
+    atk = attacks.get("signflip", scale=jnp.asarray(2.0))
+    close(atk(H, 2), ref.signflip(np.asarray(H), 2, 2.0))
+    attacks.get("little", factor=1.0, negative=jnp.asarray(True))
+    index = jnp.asarray(1)
+    message = f"attack mimic: parameter index={index!r} is invalid; pass an integer >= 0"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        attacks.get("mimic", index=index)
+    message = "attack signflip: parameter foo=2 is invalid; attack signflip has no parameter 'foo'"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        attacks.get("signflip")(H, 2, foo=2)
 
 
 def test_call_errors():

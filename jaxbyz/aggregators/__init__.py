@@ -19,13 +19,15 @@ from jaxbyz.aggregators import (  # noqa: F401  (imported so that they register)
     coordinatewise,
     geomed,
     krum,
+    mixture,
     monna,
     preaggregators,
 )
 from jaxbyz.aggregators.base import Rule
+from jaxbyz.aggregators.mixture import from_gars, parse_gars
 from jaxbyz.aggregators.registry import _REGISTRY
 
-__all__ = ["Rule", "aliases", "get", "names", "pre_names"]
+__all__ = ["Rule", "aliases", "from_gars", "get", "names", "parse_gars", "pre_names"]
 
 PreSpec = str | tuple[str, dict[str, Any]]
 

@@ -21,7 +21,7 @@ from jaxbyz.aggregators.coordinatewise import coordinate_median
 from jaxbyz.aggregators.ops import mask_of, nan_to_inf, weighted_rows
 from jaxbyz.aggregators.order import materialize
 from jaxbyz.aggregators.registry import register
-from jaxbyz.aggregators.validation import boolean, choice, reject_unknown
+from jaxbyz.validation import boolean, choice, reject_unknown
 
 Array = jax.Array
 AKSEL_MODES = ("mid", "n-f")
@@ -65,8 +65,8 @@ def aksel(mode: str = "mid", lower: bool = True, **unknown: Any) -> Rule:
       lower: median convention with an even count (True: lower middle value, as torch.median).
     """
     reject_unknown("aksel", unknown, ("mode", "lower"))
-    choice("aksel", "mode", mode, AKSEL_MODES)
-    boolean("aksel", "lower", lower)
+    mode = choice("aksel", "mode", mode, AKSEL_MODES)
+    lower = boolean("aksel", "lower", lower)
     return Rule(
         name="aksel",
         fn=_aksel,

@@ -7,9 +7,9 @@ from typing import Any
 import jax
 
 from jaxbyz.aggregators.base import Rule
-from jaxbyz.aggregators.ops import row_mean
 from jaxbyz.aggregators.registry import register
-from jaxbyz.aggregators.validation import reject_unknown
+from jaxbyz.rows import row_mean
+from jaxbyz.validation import reject_unknown
 
 
 def _average(G: jax.Array, f: int, *, key: Any = None, prev: Any = None) -> tuple[jax.Array, None]:

@@ -22,9 +22,10 @@ from jax import lax
 
 from jaxbyz.aggregators.base import Rule
 from jaxbyz.aggregators.distance import pairwise_sq_distances
-from jaxbyz.aggregators.ops import mask_of, row_mean
+from jaxbyz.aggregators.ops import mask_of
 from jaxbyz.aggregators.registry import register
-from jaxbyz.aggregators.validation import integer, reject_unknown
+from jaxbyz.rows import row_mean
+from jaxbyz.validation import integer, reject_unknown
 
 Array = jax.Array
 MAX_SUBSETS = 1_000_000
@@ -81,7 +82,7 @@ def _brute_bound(n: int, f: int, d: int, **_: Any) -> float | None:
 def brute(max_subsets: int = MAX_SUBSETS, **unknown: Any) -> Rule:
     """Minimum-diameter averaging over all ``n-f`` subsets (refused beyond ``max_subsets``)."""
     reject_unknown("brute", unknown, ("max_subsets",))
-    integer("brute", "max_subsets", max_subsets, 1)
+    max_subsets = integer("brute", "max_subsets", max_subsets, minimum=1)
     return Rule(
         name="brute",
         fn=_brute,

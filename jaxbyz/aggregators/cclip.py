@@ -16,11 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxbyz.aggregators.base import Rule
-from jaxbyz.aggregators.mixing import row_finite
-from jaxbyz.aggregators.ops import HIGHEST
-from jaxbyz.aggregators.preaggregators import row_norms
 from jaxbyz.aggregators.registry import register
-from jaxbyz.aggregators.validation import integer, positive, reject_unknown
+from jaxbyz.rows import row_finite, row_norms, row_weighted_sum
+from jaxbyz.validation import integer, number, reject_unknown
 
 Array = jax.Array
 
@@ -34,7 +32,7 @@ def centred_clip(G: Array, prev: Array, tau: float, iterations: int) -> Array:
     for _ in range(iterations):
         norms = row_norms(G - v)
         w = jnp.where(finite, jnp.minimum(1.0, tau / jnp.maximum(norms, 1e-30)), 0.0) / n
-        v = v + jnp.dot(w, G, precision=HIGHEST) - jnp.sum(w) * v
+        v = v + row_weighted_sum(w, G) - jnp.sum(w) * v
     return v
 
 
@@ -53,6 +51,6 @@ def cclip(tau: float = 10.0, L: int = 1, **unknown: Any) -> Rule:
       L: number of clipping iterations (>= 1).
     """
     reject_unknown("cclip", unknown, ("tau", "L"))
-    positive("cclip", "tau", tau)
-    integer("cclip", "L", L, 1)
-    return Rule(name="cclip", fn=_cclip, params={"tau": float(tau), "L": L}, needs_prev=True)
+    tau = number("cclip", "tau", tau, above=0)
+    L = integer("cclip", "L", L, minimum=1)
+    return Rule(name="cclip", fn=_cclip, params={"tau": tau, "L": L}, needs_prev=True)

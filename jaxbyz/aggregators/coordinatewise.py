@@ -34,7 +34,7 @@ from jaxbyz.aggregators.order import (
     window_mean,
 )
 from jaxbyz.aggregators.registry import register
-from jaxbyz.aggregators.validation import boolean, reject_unknown
+from jaxbyz.validation import boolean, reject_unknown
 
 Array = jax.Array
 
@@ -139,7 +139,7 @@ def median(lower: bool = True, **unknown: Any) -> Rule:
         else the mean of the two middle values.
     """
     reject_unknown("median", unknown, ("lower",))
-    boolean("median", "lower", lower)
+    lower = boolean("median", "lower", lower)
     return Rule(name="median", fn=_median, params={"lower": lower}, bound_fn=_median_bound)
 
 
@@ -165,7 +165,7 @@ def meamed(lower: bool = True, **unknown: Any) -> Rule:
       lower: median convention with an even count (see ``median``).
     """
     reject_unknown("meamed", unknown, ("lower",))
-    boolean("meamed", "lower", lower)
+    lower = boolean("meamed", "lower", lower)
     return Rule(
         name="meamed", fn=_meamed, params={"lower": lower}, check_fn=_majority_check("meamed")
     )

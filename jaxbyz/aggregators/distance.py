@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxbyz.rows import HIGHEST
+
 Array = jax.Array
-HIGHEST = lax.Precision.HIGHEST
 BLOCK_ROWS = 1024
 
 
@@ -57,5 +58,10 @@ def pairwise_distances(G: Array, squared: bool = False, block_rows: int = BLOCK_
 
 
 def rows_finite(D: Array) -> Array:
-    """``[n]`` bool from a distance matrix: whether each row of ``G`` is finite (and not huge)."""
+    """``[n]`` bool from a distance matrix: whether each row of ``G`` is finite (and not huge).
+
+    Not :func:`jaxbyz.rows.row_finite` of ``G``: it reads the Gram diagonal ``‖g_i‖²``, so a
+    finite row whose squared norm overflows (entries near 1e20 in float32) counts as non-finite,
+    as its distances are ``+Inf``.
+    """
     return jnp.isfinite(jnp.diagonal(D))

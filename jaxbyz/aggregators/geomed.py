@@ -17,10 +17,9 @@ from jax import lax
 
 from jaxbyz.aggregators.base import Rule
 from jaxbyz.aggregators.coordinatewise import coordinate_median
-from jaxbyz.aggregators.mixing import row_finite
-from jaxbyz.aggregators.ops import HIGHEST
 from jaxbyz.aggregators.registry import register
-from jaxbyz.aggregators.validation import integer, positive, reject_unknown
+from jaxbyz.rows import row_finite, row_weighted_sum
+from jaxbyz.validation import integer, number, reject_unknown
 
 Array = jax.Array
 
@@ -32,7 +31,7 @@ def weiszfeld_step(G: Array, finite: Array, z: Array, nu: float) -> tuple[Array,
     """
     dist = jnp.sqrt(jnp.sum(jnp.square(G - z), axis=1))
     beta = jnp.where(finite, 1.0 / jnp.maximum(dist, nu), 0.0)
-    z_new = jnp.dot(beta / jnp.sum(beta), G, precision=HIGHEST)
+    z_new = row_weighted_sum(beta / jnp.sum(beta), G)
     spread = jnp.sum(jnp.where(finite, dist, 0.0)) / jnp.maximum(jnp.sum(finite), 1)
     return z_new, spread
 
@@ -77,12 +76,12 @@ def geomed(nu: float = 1e-6, max_iter: int = 100, tol: float = 1e-6, **unknown: 
       tol: stop when a step moves less than ``tol`` times the mean distance (0: run max_iter).
     """
     reject_unknown("geomed", unknown, ("nu", "max_iter", "tol"))
-    positive("geomed", "nu", nu)
-    integer("geomed", "max_iter", max_iter, 1)
-    positive("geomed", "tol", tol, allow_zero=True)
+    nu = number("geomed", "nu", nu, above=0)
+    max_iter = integer("geomed", "max_iter", max_iter, minimum=1)
+    tol = number("geomed", "tol", tol, minimum=0)
     return Rule(
         name="geomed",
         fn=_geomed,
-        params={"nu": float(nu), "max_iter": max_iter, "tol": float(tol)},
+        params={"nu": nu, "max_iter": max_iter, "tol": tol},
         check_fn=_geomed_check,
     )

@@ -30,7 +30,7 @@ from jaxbyz.aggregators.coordinatewise import closest_to_median
 from jaxbyz.aggregators.distance import pairwise_distances, rows_finite
 from jaxbyz.aggregators.ops import mask_of, weighted_rows
 from jaxbyz.aggregators.registry import register
-from jaxbyz.aggregators.validation import boolean, integer, reject_unknown
+from jaxbyz.validation import boolean, integer, reject_unknown
 
 Array = jax.Array
 
@@ -85,8 +85,8 @@ def krum(m: int | None = None, squared: bool = False, **unknown: Any) -> Rule:
       squared: score with squared distances (Blanchard et al.) instead of distances (paper code).
     """
     reject_unknown("krum", unknown, ("m", "squared"))
-    integer("krum", "m", m, 1, optional=True)
-    boolean("krum", "squared", squared)
+    m = integer("krum", "m", m, minimum=1, optional=True)
+    squared = boolean("krum", "squared", squared)
     return Rule(
         name="krum",
         fn=_krum,
@@ -161,8 +161,8 @@ def bulyan(m: int | None = None, lower: bool = True, **unknown: Any) -> Rule:
       lower: median convention with an even count (True: lower middle value, as torch.median).
     """
     reject_unknown("bulyan", unknown, ("m", "lower"))
-    integer("bulyan", "m", m, 1, optional=True)
-    boolean("bulyan", "lower", lower)
+    m = integer("bulyan", "m", m, minimum=1, optional=True)
+    lower = boolean("bulyan", "lower", lower)
     return Rule(
         name="bulyan",
         fn=_bulyan,

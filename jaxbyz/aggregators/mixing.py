@@ -10,14 +10,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxbyz.aggregators.ops import HIGHEST
+from jaxbyz.rows import HIGHEST, row_finite
 
 Array = jax.Array
-
-
-def row_finite(G: Array) -> Array:
-    """``[n]`` bool: whether every coordinate of each row is finite."""
-    return jnp.all(jnp.isfinite(G), axis=1)
 
 
 def mix_rows(W: Array, G: Array) -> Array:

@@ -21,7 +21,7 @@ from jaxbyz.aggregators.base import Rule
 from jaxbyz.aggregators.coordinatewise import coordinate_median
 from jaxbyz.aggregators.order import materialize
 from jaxbyz.aggregators.registry import register
-from jaxbyz.aggregators.validation import reject_unknown
+from jaxbyz.validation import invalid, reject_unknown
 
 Array = jax.Array
 
@@ -61,10 +61,8 @@ def monna(pivot: int | str = "median", **unknown: Any) -> Rule:
         isinstance(pivot, int) and not isinstance(pivot, bool) and pivot >= 0
     )
     if not ok:
-        raise ValueError(
-            f"monna: parameter pivot={pivot!r} is invalid; "
-            "pass 'median', 'prev' or the index (int >= 0) of a trusted row"
-        )
+        fix = "pass 'median', 'prev' or the index (int >= 0) of a trusted row"
+        raise invalid("monna", "pivot", pivot, fix)
     return Rule(
         name="monna",
         fn=_monna,

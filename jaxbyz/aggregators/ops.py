@@ -1,8 +1,10 @@
-"""Reductions over the worker axis (axis 0) of an ``[n, d]`` matrix.
+"""Row helpers specific to the rules: selection masks, NaN ordering, products with selected rows.
 
-On CPU, XLA's reductions over a non-minor axis are slow (``x.mean(0)`` is 40x slower than
-``jnp.dot(w, x)``, see DESIGN.md §4), so sums over workers are matrix-vector products. Order
-statistics live in ``order.py``.
+The row operations every part of a step shares (``row_mean``, ``row_weighted_sum``,
+``row_finite``, ``row_norms``, ...) live in :mod:`jaxbyz.rows`; order statistics in ``order.py``.
+Products over the worker axis are matrix products at ``precision=HIGHEST``: on the CPU backend XLA
+reduces a non-minor axis slowly (``x.mean(0)`` is about 40 times slower than ``jnp.dot(w, x)``),
+and GPUs would otherwise round the operands to TF32.
 """
 
 from __future__ import annotations
@@ -11,19 +13,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxbyz.rows import HIGHEST
+
 Array = jax.Array
-HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def row_weighted_sum(w: Array, X: Array) -> Array:
-    """``Σ_i w_i X_i`` over the rows of ``X`` ``[k, d]`` as one matrix-vector product."""
-    return jnp.dot(w.astype(X.dtype), X, precision=HIGHEST)
-
-
-def row_mean(X: Array) -> Array:
-    """``(1/k) Σ_i X_i``: the mean of the rows of ``X`` ``[k, d]`` (propagates NaN and ±Inf)."""
-    k = X.shape[0]
-    return row_weighted_sum(jnp.full((k,), 1.0 / k, X.dtype), X)
 
 
 def nan_to_inf(X: Array) -> Array:

@@ -1,7 +1,7 @@
 """Order statistics over the worker axis (axis 0) of an ``[n, d]`` matrix.
 
 XLA's generic sort is very slow on CPU (``jnp.sort`` over 51 rows of 79,510 floats: ~350 ms, 10x
-PyTorch; see DESIGN.md §4). For ``n <= NETWORK_MAX_ROWS`` the sorted rows come instead from
+PyTorch). For ``n <= NETWORK_MAX_ROWS`` the sorted rows come instead from
 Batcher's odd-even merge sorting network, a fixed sequence of compare-exchanges
 ``(x_a, x_b) <- (min, max)`` applied to whole rows: XLA fuses the whole network and the rule that
 consumes it into one elementwise loop (the median of 51 rows: ~4 ms). Only the comparators on which
@@ -30,7 +30,7 @@ import numpy as np
 from jax import lax
 from jax.lax import platform_dependent
 
-from jaxbyz.aggregators.ops import HIGHEST
+from jaxbyz.rows import row_weighted_sum
 
 Array = jax.Array
 
@@ -189,7 +189,7 @@ def sum_ranks(S: Ranked, lo: int, hi: int) -> Array:
         for r in range(lo + 1, hi):
             total = total + S[r]
         return total
-    return jnp.dot(jnp.ones((hi - lo,), S.dtype), S[lo:hi], precision=HIGHEST)
+    return row_weighted_sum(jnp.ones((hi - lo,), S.dtype), S[lo:hi])
 
 
 def median_rows(S: Ranked, n: int, lower: bool) -> Array:
@@ -280,5 +280,5 @@ def closest_mean(X: Array, c: Array, m: int) -> Array:
         for r in range(1, m):
             total = total + from_distance_key(S[r])
     else:
-        total = jnp.dot(jnp.ones((m,), X.dtype), from_distance_key(S[:m]), precision=HIGHEST)
+        total = row_weighted_sum(jnp.ones((m,), X.dtype), from_distance_key(S[:m]))
     return c + total / m

@@ -28,7 +28,8 @@ from jaxbyz._registry import Registry
 from jaxbyz.aggregators.base import Rule
 from jaxbyz.aggregators.distance import pairwise_sq_distances
 from jaxbyz.aggregators.mixing import mix_rows
-from jaxbyz.aggregators.validation import integer, positive, reject_unknown
+from jaxbyz.rows import row_norms, scale_rows_to_norm
+from jaxbyz.validation import integer, number, reject_unknown
 
 Array = jax.Array
 
@@ -100,7 +101,7 @@ def _bucketing(G: Array, f: int, *, key: Array, s: int) -> tuple[Array, Array]:
 def bucketing(s: int = 2, **unknown: Any) -> PreAggregator:
     """Random buckets of ``s`` rows averaged (Karimireddy et al., 2022); draws a permutation."""
     reject_unknown("bucketing", unknown, ("s",))
-    integer("bucketing", "s", s, 1)
+    s = integer("bucketing", "s", s, minimum=1)
     return PreAggregator(
         name="bucketing",
         fn=_bucketing,
@@ -113,28 +114,16 @@ def bucketing(s: int = 2, **unknown: Any) -> PreAggregator:
 # --------------------------------------------------------------------------- clipping
 
 
-def row_norms(G: Array) -> Array:
-    """Euclidean norms of the rows, without overflow for huge finite entries (e.g. 1e30)."""
-    scale = jnp.max(jnp.abs(G), axis=1)
-    safe = jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1.0)
-    return safe * jnp.sqrt(jnp.sum(jnp.square(G / safe[:, None]), axis=1))
-
-
-def _scale_rows(G: Array, norms: Array, c: Array) -> Array:
-    factor = jnp.where(norms > c, c / norms, 1.0)
-    return G * factor[:, None]
-
-
 def _clip(G: Array, f: int, *, key: Any = None, c: float) -> tuple[Array, None]:
-    return _scale_rows(G, row_norms(G), jnp.asarray(c, G.dtype)), None
+    return scale_rows_to_norm(G, row_norms(G), jnp.asarray(c, G.dtype)), None
 
 
 @_PRE_REGISTRY.register("clip", "static-clip")
 def clip(c: float = 1.0, **unknown: Any) -> PreAggregator:
     """Static norm clipping: ``g_i <- g_i · min(1, c/‖g_i‖)``."""
     reject_unknown("clip", unknown, ("c",))
-    positive("clip", "c", c)
-    return PreAggregator(name="clip", fn=_clip, params={"c": float(c)})
+    c = number("clip", "c", c, above=0)
+    return PreAggregator(name="clip", fn=_clip, params={"c": c})
 
 
 def arc_count(n: int, f: int) -> int:
@@ -149,7 +138,7 @@ def _arc(G: Array, f: int, *, key: Any = None) -> tuple[Array, None]:
         return G, None
     norms = row_norms(G)
     ranked = jnp.sort(jnp.where(jnp.isnan(norms), jnp.inf, norms))[::-1]
-    return _scale_rows(G, norms, ranked[k]), None
+    return scale_rows_to_norm(G, norms, ranked[k]), None
 
 
 @_PRE_REGISTRY.register("arc")

@@ -41,7 +41,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxbyz.attacks.statistics import HIGHEST, broadcast
+from jaxbyz.rows import HIGHEST, broadcast_row
 
 Array = jax.Array
 
@@ -137,7 +137,7 @@ def deviation_objective(
 
     def one(x: Array) -> Array:
         byz = origin + x.astype(H.dtype) * direction
-        G = jnp.concatenate([H, broadcast(byz, f)])
+        G = jnp.concatenate([H, broadcast_row(byz, f)])
         dev = call_rule(rule, G, f_decl, key) - mu
         return jnp.dot(dev, dev, precision=HIGHEST)
 

@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxbyz.attacks.base import Attack
-from jaxbyz.attacks.params import number
 from jaxbyz.attacks.registry import register
-from jaxbyz.attacks.statistics import broadcast, weighted_sum
+from jaxbyz.rows import broadcast_row, row_weighted_sum
+from jaxbyz.validation import number
 
 Array = jax.Array
 
@@ -44,17 +44,15 @@ def _anticge_fn(H: Array, f: int, *, key: Any, rule: Any, f_decl: int, margin: A
     norms = jnp.where(jnp.isfinite(norms), norms, jnp.inf)
     order = jnp.argsort(norms)
     weights = jnp.zeros((h,), H.dtype).at[order[:p]].set(1.0).at[order[0]].add(1.0)
-    a = weighted_sum(weights, jnp.where(weights[:, None] > 0, H, 0.0))
+    a = row_weighted_sum(weights, jnp.where(weights[:, None] > 0, H, 0.0))
     radius = norms[order[p]] * (1.0 - jnp.asarray(margin, H.dtype))
     a_norm = jnp.linalg.norm(a)
     scale = jnp.where(a_norm > 0, -radius / jnp.where(a_norm > 0, a_norm, 1.0), 1.0)
-    return broadcast(scale * a, f)
+    return broadcast_row(scale * a, f)
 
 
 @register("anticge")
 def anticge(margin: Any = 1e-5) -> Attack:
     """``-r a/||a||`` just shorter than the ``(h - f_decl)``-th shortest honest row."""
-    margin = number("anticge", "margin", margin, minimum=0.0)
-    if margin >= 1:
-        raise ValueError(f"attack anticge: margin must be in [0, 1), got {margin!r}")
+    margin = number("attack anticge", "margin", margin, minimum=0, below=1, allow_array=True)
     return Attack(name="anticge", fn=_anticge_fn, params={"margin": margin})

@@ -18,10 +18,14 @@ from typing import Any
 
 import jax
 
+from jaxbyz.validation import reject_unknown
+
 Array = jax.Array
 
 # fn(H, f, *, key, rule, f_decl, **params) -> [f, d]
 AttackFn = Callable[..., Array]
+# poison(x [f, b, ...], y [f, b], *, key, num_classes, **params) -> (x, y)
+PoisonFn = Callable[..., tuple[Array, Array]]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -34,8 +38,12 @@ class Attack:
       params: keyword parameters bound at construction (`attacks.get(name, **params)`).
       needs_key: whether the attack draws randomness.
       needs_rule: whether the attack evaluates the rule (adaptive attacks, anti-rule attacks).
-      label_flip: data poisoning; the simulator computes the Byzantine vectors itself as real
-        gradients on labels ``y -> K-1-y`` and never calls ``fn``.
+      poison: data poisoning (the hook of the simulator's gradient stage):
+        ``poison(x, y, *, key, num_classes, **params) -> (x, y)`` maps the Byzantine workers'
+        batches ``[f, b, ...]``, ``[f, b]`` to poisoned ones; those workers then compute real
+        gradients on them, and their submissions (through the honest workers' stage when the
+        attack's ``momentum`` parameter is true, else the raw clipped gradients) are the
+        Byzantine rows: ``fn`` is never called. None for attacks on the submitted vectors.
     """
 
     name: str
@@ -43,7 +51,7 @@ class Attack:
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
     needs_key: bool = False
     needs_rule: bool = False
-    label_flip: bool = False
+    poison: PoisonFn | None = None
 
     def __call__(
         self,
@@ -64,12 +72,8 @@ class Attack:
             raise ValueError(
                 f"attack {self.name} evaluates the rule: pass rule=aggregators.get(...)"
             )
-        unknown = set(overrides) - set(self.params)
-        if unknown:
-            raise ValueError(
-                f"attack {self.name}: unknown parameter(s) {sorted(unknown)}; "
-                f"known: {sorted(self.params)}"
-            )
+        unknown = {k: overrides[k] for k in sorted(set(overrides) - set(self.params))}
+        reject_unknown(f"attack {self.name}", unknown, tuple(self.params))
         params = {**self.params, **overrides}
         f_decl = f if f_decl is None else int(f_decl)
         return self.fn(H, int(f), key=key, rule=rule, f_decl=f_decl, **params)

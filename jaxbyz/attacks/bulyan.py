@@ -21,6 +21,7 @@ from jaxbyz.attacks import adaptive
 from jaxbyz.attacks.base import Attack
 from jaxbyz.attacks.direction import DEFAULT_STAGES, direction_attack
 from jaxbyz.attacks.registry import register
+from jaxbyz.validation import invalid
 
 Array = jax.Array
 
@@ -49,9 +50,7 @@ def bulyan(
     if isinstance(target_idx, str) and target_idx.strip().lower() == "all":
         target_idx = "all"
     elif isinstance(target_idx, bool) or not isinstance(target_idx, numbers.Integral):
-        raise ValueError(
-            f"attack bulyan: target_idx must be an integer or 'all', got {target_idx!r}"
-        )
+        raise invalid("attack bulyan", "target_idx", target_idx, "pass an integer or 'all'")
     return direction_attack(
         "bulyan", coordinate_direction, factor=factor, negative=negative, stages=stages,
         target_idx=target_idx if target_idx == "all" else int(target_idx),

@@ -39,8 +39,8 @@ import jax.numpy as jnp
 
 from jaxbyz.attacks import adaptive
 from jaxbyz.attacks.base import Attack
-from jaxbyz.attacks.params import boolean, integer, is_array
-from jaxbyz.attacks.statistics import broadcast, mean
+from jaxbyz.rows import broadcast_row, row_mean
+from jaxbyz.validation import boolean, integer, is_array
 
 Array = jax.Array
 
@@ -98,8 +98,8 @@ def direction_attack(
     ``extra`` are static keyword parameters of ``direction`` (validated by the caller).
     """
     mode, _ = parse_factor(name, factor, has_auto=auto_factor is not None)
-    boolean(name, "negative", negative)
-    integer(name, "stages", stages, minimum=1)
+    negative = boolean(f"attack {name}", "negative", negative, allow_array=True)
+    stages = integer(f"attack {name}", "stages", stages, minimum=1)
     fn = functools.partial(_attack_fn, name, direction, auto_factor)
     params = {"factor": factor, "negative": negative, "stages": stages, **extra}
     return Attack(
@@ -125,14 +125,14 @@ def _attack_fn(
     if f == 0:
         return jnp.zeros((0, H.shape[1]), H.dtype)
     key_dir, key_rule = (None, None) if key is None else jax.random.split(key)
-    mu = mean(H)
+    mu = row_mean(H)
     v = direction(H, f, key_dir, **extra)
     sign = jnp.where(negative, -1.0, 1.0).astype(H.dtype)
     x = choose_factor(
         name, factor, H=H, mu=mu, origin=mu, direction=sign * v, f=f, f_decl=f_decl, rule=rule,
         key=key_rule, stages=stages, auto_factor=auto_factor,
     )  # fmt: skip
-    return broadcast(mu + (sign * x).astype(H.dtype) * v, f)
+    return broadcast_row(mu + (sign * x).astype(H.dtype) * v, f)
 
 
 def choose_factor(

@@ -24,16 +24,16 @@ import jax.numpy as jnp
 from jaxbyz.attacks import adaptive
 from jaxbyz.attacks.base import Attack
 from jaxbyz.attacks.direction import DEFAULT_STAGES, choose_factor, direction_attack, parse_factor
-from jaxbyz.attacks.params import integer
 from jaxbyz.attacks.registry import register
-from jaxbyz.attacks.statistics import broadcast, mean
+from jaxbyz.rows import broadcast_row, row_mean
+from jaxbyz.validation import integer
 
 Array = jax.Array
 
 
 def minus_mean(H: Array, f: int, key: Array | None) -> Array:
     """``-mu``, the negated coordinate-wise mean of the honest rows."""
-    return -mean(H)
+    return -row_mean(H)
 
 
 @register("empire", "ipm")
@@ -48,7 +48,7 @@ def empire(
 def empire_strict(epsilon: Any = 1.0, stages: int = DEFAULT_STAGES) -> Attack:
     """``-epsilon mu`` (the paper's attacks/empire.py); ``epsilon=-K`` searches it."""
     mode, _ = parse_factor("empire-strict", epsilon)
-    integer("empire-strict", "stages", stages, minimum=1)
+    stages = integer("attack empire-strict", "stages", stages, minimum=1)
     return Attack(
         name="empire-strict",
         fn=_strict_fn,
@@ -62,9 +62,9 @@ def _strict_fn(
 ) -> Array:
     if f == 0:
         return jnp.zeros((0, H.shape[1]), H.dtype)
-    mu = mean(H)
+    mu = row_mean(H)
     eps = choose_factor(
         "empire-strict", epsilon, H=H, mu=mu, origin=jnp.zeros_like(mu), direction=-mu, f=f,
         f_decl=f_decl, rule=rule, key=key, stages=stages,
     )  # fmt: skip
-    return broadcast(-eps * mu, f)
+    return broadcast_row(-eps * mu, f)

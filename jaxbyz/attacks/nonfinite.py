@@ -2,7 +2,7 @@
 
 ``nan`` is the paper's attacks/nan.py (every coordinate NaN); ``inf`` sends ``+inf`` everywhere
 (``-inf`` with ``negative=True``). Robust rules must return a finite aggregate while at most
-``f`` inputs are non-finite (DESIGN section 2); the average does not.
+``f`` inputs are non-finite; the average does not.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxbyz.attacks.base import Attack
-from jaxbyz.attacks.params import boolean
 from jaxbyz.attacks.registry import register
+from jaxbyz.validation import boolean
 
 Array = jax.Array
 
@@ -40,5 +40,5 @@ def nan() -> Attack:
 @register("inf")
 def inf(negative: bool = False) -> Attack:
     """Every Byzantine coordinate is ``+inf`` (``-inf`` when ``negative``)."""
-    boolean("inf", "negative", negative)
+    negative = boolean("attack inf", "negative", negative, allow_array=True)
     return Attack(name="inf", fn=_inf_fn, params={"negative": negative})

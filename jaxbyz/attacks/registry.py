@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from jaxbyz._registry import Registry
 from jaxbyz.attacks.base import Attack
+from jaxbyz.validation import reject_unknown
 
 REGISTRY: Registry[Attack] = Registry("attack")
 
@@ -28,10 +29,7 @@ def register(name: str, *aliases: str) -> Callable[[Callable[..., Attack]], Call
 def build(name: str, **params: object) -> Attack:
     """``REGISTRY.get`` with unknown parameter names reported as a ``ValueError``."""
     canonical = REGISTRY.canonical(name)
-    unknown = sorted(set(params) - set(PARAMS[canonical]))
-    if unknown:
-        known = ", ".join(PARAMS[canonical]) or "none"
-        raise ValueError(
-            f"attack {canonical}: unknown parameter(s) {', '.join(unknown)}; known: {known}"
-        )
+    known = PARAMS[canonical]
+    unknown = {k: params[k] for k in sorted(set(params) - set(known))}
+    reject_unknown(f"attack {canonical}", unknown, known)
     return REGISTRY.get(canonical, **params)

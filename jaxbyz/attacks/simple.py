@@ -19,33 +19,33 @@ import jax
 import jax.numpy as jnp
 
 from jaxbyz.attacks.base import Attack
-from jaxbyz.attacks.params import integer, is_array, number
 from jaxbyz.attacks.registry import register
-from jaxbyz.attacks.statistics import broadcast, mean
+from jaxbyz.rows import broadcast_row, row_mean
+from jaxbyz.validation import integer, invalid, is_array, number
 
 Array = jax.Array
 
 
 def _signflip_fn(H: Array, f: int, *, key: Any, rule: Any, f_decl: int, scale: Any) -> Array:
-    return broadcast(-jnp.asarray(scale, H.dtype) * mean(H), f)
+    return broadcast_row(-jnp.asarray(scale, H.dtype) * row_mean(H), f)
 
 
 @register("signflip", "signflipping", "sf")
 def signflip(scale: Any = 1.0) -> Attack:
     """``-scale * mu`` (``scale >= 0``)."""
-    scale = number("signflip", "scale", scale, minimum=0.0)
+    scale = number("attack signflip", "scale", scale, minimum=0, allow_array=True)
     return Attack(name="signflip", fn=_signflip_fn, params={"scale": scale})
 
 
 def _gaussian_fn(H: Array, f: int, *, key: Array, rule: Any, f_decl: int, scale: Any) -> Array:
     noise = jax.random.normal(key, (f, H.shape[1]), H.dtype)
-    return mean(H) + jnp.asarray(scale, H.dtype) * noise
+    return row_mean(H) + jnp.asarray(scale, H.dtype) * noise
 
 
 @register("gaussian", "noise")
 def gaussian(scale: Any = 1.0) -> Attack:
     """``mu + N(0, scale² I)``, independent noise per Byzantine worker (``scale >= 0``)."""
-    scale = number("gaussian", "scale", scale, minimum=0.0)
+    scale = number("attack gaussian", "scale", scale, minimum=0, allow_array=True)
     return Attack(
         name="gaussian", fn=_gaussian_fn, params={"scale": scale},
         needs_key=True,
@@ -63,7 +63,7 @@ def _mimic_fn(H: Array, f: int, *, key: Array | None, rule: Any, f_decl: int, in
             f"attack mimic: index={index} is out of range for {h} honest workers; "
             f"fix: pass an index in [0, {h}) or index='random'"
         )
-    return broadcast(jax.lax.dynamic_index_in_dim(H, index, keepdims=False), f)
+    return broadcast_row(jax.lax.dynamic_index_in_dim(H, index, keepdims=False), f)
 
 
 @register("mimic")
@@ -71,12 +71,10 @@ def mimic(index: Any = 0) -> Attack:
     """Copy honest worker ``index`` (``>= 0``), or a random one (``index="random"``)."""
     if isinstance(index, str):
         if index.strip().lower() != "random":
-            raise ValueError(
-                f"attack mimic: index must be a non-negative integer or 'random', got {index!r}"
-            )
+            raise invalid("attack mimic", "index", index, "pass an integer >= 0 or 'random'")
         index = "random"
     else:
-        index = integer("mimic", "index", index, minimum=0)
+        index = integer("attack mimic", "index", index, minimum=0)
     return Attack(
         name="mimic", fn=_mimic_fn, params={"index": index},
         needs_key=index == "random",

@@ -1,8 +1,8 @@
-"""Coordinate-wise statistics of the honest submissions, shared by the attacks.
+"""Coordinate-wise statistics of the honest submissions that only the attacks use.
 
-Reductions over the (short) worker axis are written as matrix-vector products: on CPU,
-``jnp.dot(w, H)`` is about 40x faster than ``H.mean(0)`` (DESIGN section 4). ``precision=HIGHEST``
-keeps GPUs from rounding the operands to TF32.
+The mean ``mu`` (:func:`jaxbyz.rows.row_mean`), weighted sums and the broadcast of one vector to
+every Byzantine worker come from :mod:`jaxbyz.rows`, as for the rules: sums over the worker axis
+are matrix-vector products at ``precision=HIGHEST``.
 """
 
 from __future__ import annotations
@@ -10,12 +10,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxbyz.aggregators.ops import HIGHEST
-from jaxbyz.aggregators.ops import row_mean as mean  # mu = (1/h) sum_i H_i, one mat-vec product
-from jaxbyz.aggregators.ops import row_weighted_sum as weighted_sum  # sum_i w_i H_i
+from jaxbyz.rows import row_mean, row_weighted_sum
 
 Array = jax.Array
-__all__ = ["HIGHEST", "broadcast", "mean", "mean_std", "weighted_sum"]
+__all__ = ["mean_std"]
 
 
 def mean_std(H: Array) -> tuple[Array, Array]:
@@ -25,14 +23,9 @@ def mean_std(H: Array) -> tuple[Array, Array]:
     which the paper's code uses). With a single row ``sigma`` is 0 (torch returns NaN).
     """
     h = H.shape[0]
-    mu = mean(H)
+    mu = row_mean(H)
     if h == 1:
         return mu, jnp.zeros_like(mu)
     dev = H - mu
-    var = weighted_sum(jnp.full((h,), 1.0 / (h - 1), H.dtype), dev * dev)
+    var = row_weighted_sum(jnp.full((h,), 1.0 / (h - 1), H.dtype), dev * dev)
     return mu, jnp.sqrt(var)
-
-
-def broadcast(v: Array, f: int) -> Array:
-    """The ``[f, d]`` matrix whose rows are all ``v`` (every Byzantine worker sends ``v``)."""
-    return jnp.broadcast_to(v, (f, v.shape[-1]))

@@ -1,0 +1,277 @@
+"""Parameter checks of jaxbyz: every error names the owner, the parameter, its value and the fix.
+
+One message format for every check::
+
+    <owner>: parameter <name>=<value!r> is invalid; <what is required / the fix>
+
+``owner`` names what takes the parameter: a rule or pre-aggregator (``"krum"``, ``"bucketing"``)
+or an attack (``"attack little"``). For example::
+
+    krum: parameter m=0 is invalid; pass an integer >= 1 or omit it
+    attack little: parameter negative='yes' is invalid; pass True or False
+
+What is checked where:
+
+- rule and pre-aggregator parameters (``jaxbyz.aggregators``), by their factories at
+  construction (``aggregators.get(name, **params)``): unknown names, types, ranges, choices;
+- attack parameters (``jaxbyz.attacks``), by their factories at construction
+  (``attacks.get(name, **params)``) and, for unknown names only, at call time
+  (``atk(H, f, **overrides)``). Attack parameters may be overridden at call time with JAX arrays
+  (tracers, so that a sweep can ``vmap`` over them); the checkers given ``allow_array=True`` let
+  a ``jax.Array`` through unchecked;
+- run configuration (``jaxbyz.config.Config``): :func:`check_config`, the section
+  "Configuration checks" at the end of this module, before anything compiles; its messages name
+  the command-line flag (``--nb-workers must be a positive integer, got 0``).
+
+Constraints that need the number of workers (``n >= 2f + 3``, ...) are not parameter checks:
+they live with each rule (``Rule.check``) and attack (``Attack.check``).
+
+Each checker returns the (coerced) value, so a call site reads
+``factor = number("attack little", "factor", factor, minimum=0)``; :func:`invalid` builds the
+error for the checks that no generic checker covers.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+
+
+def invalid(owner: str, name: str, value: Any, fix: str) -> ValueError:
+    """The error for parameter ``name=value`` of ``owner``; ``fix`` says what is required."""
+    return ValueError(f"{owner}: parameter {name}={value!r} is invalid; {fix}")
+
+
+def is_array(value: Any) -> bool:
+    """Whether ``value`` is a JAX array or tracer (a call-time override, not validated)."""
+    return isinstance(value, jax.Array)
+
+
+# ---------------------------------------------------------------------------------------------- #
+# Rule, pre-aggregator and attack parameters
+
+
+def reject_unknown(owner: str, unknown: Mapping[str, Any], known: tuple[str, ...]) -> None:
+    """Raise if ``unknown`` holds keyword parameters that ``owner`` does not take.
+
+    The message names the first unknown parameter and its value, lists the other unknown ones,
+    and lists the accepted parameters.
+    """
+    if not unknown:
+        return
+    (name, value), *others = unknown.items()
+    also = ", ".join(f"{k}={v!r}" for k, v in others)
+    fix = f"{owner} has no parameter {name!r}" + (f" (also unknown: {also})" if also else "")
+    fix += f"; accepted parameters: {', '.join(known)}" if known else "; it takes no parameters"
+    raise invalid(owner, name, value, fix)
+
+
+def _range_text(minimum: Any, above: Any, below: Any) -> str:
+    bounds = []
+    if minimum is not None:
+        bounds.append(f">= {minimum}")
+    if above is not None:
+        bounds.append(f"> {above}")
+    if below is not None:
+        bounds.append(f"< {below}")
+    return " and ".join(bounds)
+
+
+def number(
+    owner: str,
+    name: str,
+    value: Any,
+    *,
+    minimum: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    allow_array: bool = False,
+) -> Any:
+    """A finite real number (not a bool), returned as a ``float``.
+
+    ``minimum``: ``value >= minimum``; ``above``: ``value > above``; ``below``: ``value < below``.
+    ``allow_array``: a ``jax.Array`` (a traced override) is returned unchecked.
+    """
+    if allow_array and is_array(value):
+        return value
+    bounds = _range_text(minimum, above, below)
+    ok = (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (minimum is None or value >= minimum)
+        and (above is None or value > above)
+        and (below is None or value < below)
+    )
+    if not ok:
+        raise invalid(owner, name, value, "pass a finite number" + (f" {bounds}" if bounds else ""))
+    return float(value)
+
+
+def integer(
+    owner: str, name: str, value: Any, *, minimum: int | None = None, optional: bool = False
+) -> Any:
+    """A Python ``int`` (not a bool), at least ``minimum`` when given (``None`` if ``optional``)."""
+    if value is None and optional:
+        return None
+    ok = (
+        isinstance(value, numbers.Integral)
+        and not isinstance(value, bool)
+        and (minimum is None or value >= minimum)
+    )
+    if not ok:
+        fix = "pass an integer" + (f" >= {minimum}" if minimum is not None else "")
+        raise invalid(owner, name, value, fix + (" or omit it" if optional else ""))
+    return int(value)
+
+
+def boolean(owner: str, name: str, value: Any, *, allow_array: bool = False) -> Any:
+    """``True`` or ``False``; with ``allow_array``, a ``jax.Array`` is returned unchecked."""
+    if allow_array and is_array(value):
+        return value
+    if not isinstance(value, bool):
+        raise invalid(owner, name, value, "pass True or False")
+    return value
+
+
+def choice(owner: str, name: str, value: Any, options: tuple[str, ...]) -> Any:
+    """One of ``options``."""
+    if not isinstance(value, str) or value not in options:
+        raise invalid(owner, name, value, f"choose one of {', '.join(options)}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- #
+# Configuration checks
+
+
+def _count(flag_name: str, value: Any, minimum: int) -> None:
+    """``value`` must be an integer (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        need = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{flag_name} must be {need}, got {value!r}")
+
+
+def _real(flag_name: str, value: Any, *, low: float = 0.0, strict: bool = False) -> None:
+    """``value`` must be a finite real number above ``low`` (or at least it)."""
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > low if strict else value >= low)
+    )
+    if not ok:
+        need = f"a finite number {'>' if strict else '>='} {low:g}"
+        raise ValueError(f"{flag_name} must be {need}, got {value!r}")
+
+
+def _optional(flag_name: str, value: Any, check: Callable[..., None], **kwargs: Any) -> None:
+    if value is not None:
+        check(flag_name, value, **kwargs)
+
+
+def _built(flag_name: str, name: str, build: Callable[[], Any]) -> Any:
+    """``build()``, its errors reworded to name the flag."""
+    try:
+        return build()
+    except TypeError as err:
+        raise ValueError(f"{flag_name} {name}: bad {flag_name}-args: {err}") from None
+    except ValueError as err:
+        raise ValueError(f"{flag_name} {name}: {err}") from None
+
+
+def check_config(config: Any) -> tuple[Any, Any]:
+    """Check every field of a :class:`jaxbyz.config.Config` before anything compiles; return the
+    built rule and attack. Raises one ValueError naming the flag, the value and the fix."""
+    from jaxbyz import aggregators, attacks, losses, models, transforms
+    from jaxbyz.config import CLIP_MODES
+    from jaxbyz.data import DATASETS, NUM_CLASSES
+    from jaxbyz.momentum import check_placement
+    from jaxbyz.schedules import parse_piecewise
+
+    c = config
+    if c.dataset not in DATASETS:
+        raise ValueError(f"--dataset {c.dataset!r} is unknown; choose one of {', '.join(DATASETS)}")
+    for flag_name, value in (
+        ("--batch-size", c.batch_size),
+        ("--nb-steps", c.nb_steps),
+        ("--nb-workers", c.nb_workers),
+        ("--learning-rate-decay-delta", c.learning_rate_decay_delta),
+    ):
+        _count(flag_name, value, 1)
+    _count("--evaluation-delta", c.evaluation_delta, 0)
+    _count("--nb-for-study", c.nb_for_study, -(2**31))
+    _count("--nb-for-study-past", c.nb_for_study_past, 0)
+    _count("--learning-rate-decay", c.learning_rate_decay, -(2**31))
+    _count("--seed", c.seed, 0)
+    _optional("--batch-size-test", c.batch_size_test, _count, minimum=1)
+    _optional("--batch-size-test-reps", c.batch_size_test_reps, _count, minimum=1)
+    _count("--nb-local-steps", c.nb_local_steps, 1)
+    if c.nb_local_steps != 1:
+        raise ValueError(
+            f"--nb-local-steps {c.nb_local_steps} cannot be honoured: local steps are not "
+            "implemented (the paper's code refuses them too, 'Multi-steps SGD disabled until "
+            "code review'); use 1"
+        )
+    _built("--model", c.model, lambda: models.get(c.model, NUM_CLASSES[c.dataset], **c.model_args))
+    for flag_name, name, args, mono in (
+        ("--init-multi", c.init_multi, c.init_multi_args, False),
+        ("--init-mono", c.init_mono, c.init_mono_args, True),
+    ):
+        if name is not None:
+            models.check_initializer(flag_name, name, args, mono=mono)
+        elif args:
+            raise ValueError(f"{flag_name}-args {args} given without {flag_name}")
+    _built("--loss", c.loss, lambda: losses.get(c.loss, **c.loss_args))
+    _built("--criterion", c.criterion, lambda: losses.criterion(c.criterion, **c.criterion_args))
+    _real("--l1-regularize", c.l1_regularize)
+    _real("--l2-regularize", c.l2_regularize)
+    _real("--weight-decay", c.weight_decay)
+    check_placement(c.momentum_at)
+    if c.learning_rate_schedule is None:
+        _real("--learning-rate", c.learning_rate, strict=True)
+    else:
+        parse_piecewise(c.learning_rate_schedule)
+    if not (isinstance(c.momentum, (int, float)) and 0.0 <= c.momentum < 1.0):
+        raise ValueError(f"--momentum must be in [0, 1), got {c.momentum!r}")
+    if not (isinstance(c.dampening, (int, float)) and 0.0 <= c.dampening <= 1.0):
+        raise ValueError(f"--dampening must be in [0, 1], got {c.dampening!r}")
+    _built(
+        "--server-optimizer",
+        c.server_optimizer,
+        lambda: transforms.server_optimizer(c.server_optimizer, 0.1, **c.server_optimizer_args),
+    )
+    _optional("--gradient-clip", c.gradient_clip, _real, strict=True)
+    if c.clip_mode not in CLIP_MODES:
+        raise ValueError(
+            f"--clip-mode {c.clip_mode!r} is unknown; choose one of {', '.join(CLIP_MODES)}"
+        )
+    _optional("--dirichlet-alpha", c.dirichlet_alpha, _real, strict=True)
+    if not 0 <= c.nb_decl_byz < c.nb_workers:
+        raise ValueError(
+            f"--nb-decl-byz must be in [0, nb-workers), got {c.nb_decl_byz} with --nb-workers "
+            f"{c.nb_workers}; fix: declare fewer Byzantine workers or add workers"
+        )
+    if not 0 <= c.f_real <= c.nb_decl_byz:
+        raise ValueError(
+            f"--nb-real-byz must be between 0 and --nb-decl-byz ({c.nb_decl_byz}), got {c.f_real}"
+        )
+    if c.gars is not None:
+        rule = _built("--gars", c.gars, lambda: aggregators.from_gars(c.gars))
+    else:
+        rule = _built("--gar", c.gar, lambda: aggregators.get(c.gar, **c.gar_args))
+    try:
+        rule.check(c.nb_workers, c.nb_decl_byz)
+    except ValueError as err:
+        flag_name = "--gars" if c.gars is not None else f"--gar {c.gar}"
+        raise ValueError(
+            f"{flag_name}: {err} (--nb-workers {c.nb_workers}, --nb-decl-byz {c.nb_decl_byz}); "
+            "fix: add workers or declare fewer Byzantine ones"
+        ) from None
+    attack = _built("--attack", c.attack, lambda: attacks.get(c.attack, **c.attack_args))
+    attack.check(c.nb_workers, c.nb_decl_byz, c.f_real)
+    return rule, attack
