@@ -5,8 +5,9 @@ worker, momentum 0.9 at the workers, gradient clipping at 2, "a little is enough
 factor 1.5 (negative), ``f = (n - 3) // 4`` Byzantine workers for every rule (Bulyan's largest
 ``f``), one device or, with ``--shard-workers``, the worker axis split over every device.
 
-For every rule and ``n``: compile seconds apart; the median seconds per step over ``--steps``
-steps run as one ``lax.scan`` (after one warm-up call), steps per second and honest worker
+For every rule and ``n``: the compile seconds of the segment program apart; the median seconds
+per step over ``--steps`` steps run as one ``lax.scan``, the driver's segment program as
+``python -m jaxbyz.train`` compiles it (after one warm-up call), steps per second and honest worker
 gradients per second (``(n - f) x steps/s``: the per-example forward and backward passes the
 simulator really computes); the memory XLA plans for the step program (arguments, outputs and
 temporaries, from ``compiled.memory_analysis()``) and its temporaries alone, also as a count
@@ -41,6 +42,7 @@ import jax.numpy as jnp
 from jaxbyz import aggregators
 from jaxbyz.config import Config
 from jaxbyz.data import make_synthetic
+from jaxbyz.driver import Driver
 from jaxbyz.sharding import worker_mesh
 from jaxbyz.simulator import make_simulation
 
@@ -112,20 +114,13 @@ def bench_step(rule: str, n: int, args: argparse.Namespace, dataset) -> dict:
     sim = make_simulation(config, dataset, mesh)
     hp = sim.layout.place(sim.default_hparams())
     key = sim.layout.place(jax.random.key(0))
-    abstract = jax.eval_shape(sim.init, key)  # --shard-workers: momenta split between calls
-    init_kw = sim.layout.program_shardings(abstract, outputs=None)  # the state alone
-    scan_kw = sim.layout.program_shardings(abstract, outputs=1)  # state, study metrics
-    state = jax.jit(sim.init, **init_kw)(key)
-    steps = args.steps
-
-    def scanned(state, hp, data):
-        return jax.lax.scan(lambda s, _: sim.step(s, hp, data), state, None, length=steps)
-
-    started = time.perf_counter()
-    compiled = jax.jit(scanned, **scan_kw).lower(state, hp, sim.arrays).compile()
-    compile_s = time.perf_counter() - started
+    # the driver's own programs: --shard-workers keeps the momenta split between calls
+    programs = Driver(sim).compile(key, hp, sim.arrays, lengths={args.steps})
+    compile_s = programs.compile_times[f"steps[{args.steps}]"]
+    scan = programs.steps[args.steps]
+    state, _ = programs.start(key, sim.arrays)
     matrix_gb = n * sim.dim * 4 / 2**30
-    planned, temporaries = planned_gb(compiled)
+    planned, temporaries = planned_gb(scan)
     row = {
         "rule": rule,
         "n": n,
@@ -139,8 +134,14 @@ def bench_step(rule: str, n: int, args: argparse.Namespace, dataset) -> dict:
     }
     if planned is not None and planned > args.max_gb:
         return {**row, "skipped": f"plans {planned:.1f} GB > --max-gb {args.max_gb}"}
-    run_s = median_seconds(lambda: compiled(state, hp, sim.arrays), args.repeats)
-    step_s = run_s / steps
+    carry = [state]  # the program donates (updates in place) the state it is given
+
+    def call():
+        carry[0], study = scan(carry[0], hp, sim.arrays)
+        return study
+
+    run_s = median_seconds(call, args.repeats)
+    step_s = run_s / args.steps
     row.update(
         step_ms=1e3 * step_s,
         steps_per_s=1 / step_s,

@@ -1,55 +1,167 @@
-"""The configuration of one run, and its validation before anything compiles.
+"""The configuration of one run: one source for the command line, the sweep grids and the traced
+hyper-parameters.
 
-Field names follow the flags of the paper's ``attack.py`` (``--nb-workers`` is ``nb_workers``...).
-``validate`` raises one ``ValueError`` whose message names the flag, the value and the fix.
+Each field of :class:`Config` carries its command-line flag (named as in the paper's
+``attack.py``: ``nb_workers`` is ``--nb-workers``), its help text and how it is parsed
+(:func:`flag`); ``python -m jaxbyz.train`` builds its parser from them (:mod:`jaxbyz.cli`), and a
+sweep grid sets the same fields by name. :class:`HyperParams` declares, once, the numbers that
+vary across runs without changing any array shape: they are traced values of the compiled
+program, so that runs differing only in them share one program (the sweep's batching derives
+from it). ``jaxbyz.validation.check_config`` checks a configuration before anything compiles.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
-import math
-from typing import Any
+import typing
+from typing import Any, NamedTuple
 
-from jaxbyz import aggregators, attacks
-from jaxbyz.data import DATASETS
-from jaxbyz.models import MODELS
-from jaxbyz.momentum import check_placement
-from jaxbyz.schedules import parse_piecewise
+import jax
 
+Array = jax.Array
 CLIP_MODES = ("scale", "paper")
+
+
+def flag(default: Any, help: str, *, kind: str | None = None, **metadata: Any) -> Any:
+    """A configuration field with its command-line metadata.
+
+    ``kind``: ``"keyval"`` (``key:value`` pairs into a dict, as the paper's ``--gar-args``),
+    ``"switch"`` (a boolean flag without value), or None (the field's type parses the value).
+    Other metadata: ``flag`` (the flag's name when it is not ``--field-name``), ``metavar``,
+    ``choices`` (a callable listing the valid values for the help text), ``off_when_not_positive``
+    (a value <= 0 on the command line means None, as the paper's ``--gradient-clip 0``).
+    """
+    factory = {"default_factory": dict} if kind == "keyval" else {"default": default}
+    return dataclasses.field(metadata={"help": help, "kind": kind, **metadata}, **factory)
+
+
+def _names(module: str, attribute: str = "names") -> Any:
+    """A lazy ``choices`` callable: the registered names of a jaxbyz module."""
+
+    def names() -> list[str]:
+        import importlib
+
+        return list(getattr(importlib.import_module(module), attribute)())
+
+    return names
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """One simulated training run. Defaults: the paper's Fashion-MNIST setting with krum."""
 
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    model: str = "simples-full"
-    nb_workers: int = 51
-    nb_decl_byz: int = 12
-    nb_real_byz: int | None = None  # None: as many as declared
-    gar: str = "krum"
-    gar_args: dict[str, Any] = dataclasses.field(default_factory=dict)
-    attack: str = "little"
-    attack_args: dict[str, Any] = dataclasses.field(default_factory=dict)
-    momentum: float = 0.9
-    momentum_at: str = "worker"
-    momentum_nesterov: bool = False
-    dampening: float = 0.0
-    learning_rate: float = 0.5
-    learning_rate_decay: int = 5000
-    learning_rate_decay_delta: int = 300
-    learning_rate_schedule: str | None = None
-    l2_regularize: float = 1e-4
-    gradient_clip: float | None = 2.0
-    clip_mode: str = "scale"  # "scale": g * C/||g||; "paper": g / ||g|| as the paper's code does
-    batch_size: int = 83
-    nb_steps: int = 300
-    evaluation_delta: int = 5
-    dirichlet_alpha: float | None = None  # None: IID sampling
-    seed: int = 1
+    # ----- data and model
+    dataset: str = flag(
+        "fashion-mnist",
+        "dataset: fashion-mnist, mnist (IDX files), fashion_mnist, cifar10, cifar100 "
+        "(tensorflow-datasets), synthetic; the paper's names (fashionmnist) are accepted",
+    )
+    data_dir: str | None = flag(
+        None,
+        "folder holding the dataset's files (else $JAXBYZ_DATA_DIR, Debian's "
+        "/usr/share/datasets, then a one-time download into ~/.cache/jaxbyz)",
+    )
+    no_transform: bool = flag(
+        False, "no random horizontal flips of the training images", kind="switch"
+    )
+    model: str = flag("simples-full", "model", choices=_names("jaxbyz.models"))
+    model_args: dict[str, Any] = flag(None, "model arguments, e.g. cifar100:True", kind="keyval")
+    init_multi: str | None = flag(
+        None, "initialiser of the >= 2-dimensional parameters (torch.nn.init names)"
+    )
+    init_multi_args: dict[str, Any] = flag(None, "its arguments, e.g. gain:1.0", kind="keyval")
+    init_mono: str | None = flag(None, "initialiser of the 1-dimensional parameters (biases)")
+    init_mono_args: dict[str, Any] = flag(None, "its arguments, e.g. val:0", kind="keyval")
+    loss: str = flag("nll", "training loss", choices=_names("jaxbyz.losses"))
+    loss_args: dict[str, Any] = flag(None, "loss arguments", kind="keyval")
+    criterion: str = flag("top-k", "evaluation criterion (top-k accuracy)")
+    criterion_args: dict[str, Any] = flag(None, "criterion arguments, e.g. k:5", kind="keyval")
+    l1_regularize: float = flag(0.0, "adds lambda * ||theta||_1 to the loss")
+    l2_regularize: float = flag(1e-4, "adds lambda * ||theta||_2 (the norm) to the loss")
+    # ----- workers
+    nb_workers: int = flag(51, "total workers n")
+    nb_decl_byz: int = flag(12, "Byzantine workers f the rule tolerates")
+    nb_real_byz: int | None = flag(
+        None, "Byzantine workers that really attack (default: as declared); the rest are honest"
+    )
+    batch_size: int = flag(83, "per-worker batch")
+    dirichlet_alpha: float | None = flag(
+        None, "non-IID: split the training set across honest workers with Dirichlet(alpha)"
+    )
+    nb_local_steps: int = flag(
+        1, "local steps per gradient (1: standard SGD, the only value the paper's code runs)"
+    )
+    # ----- aggregation and attack
+    gar: str = flag("krum", "aggregation rule", choices=_names("jaxbyz.aggregators"))
+    gar_args: dict[str, Any] = flag(None, "rule arguments, e.g. m:1", kind="keyval")
+    gars: str | None = flag(
+        None,
+        "a random mixture of rules, one drawn per step: 'NAME[,FREQ[,JSON]];...' e.g. "
+        "'krum,2;median,1,{\"lower\": false}' (supersedes --gar/--gar-args)",
+        metavar="SPEC",
+    )
+    attack: str = flag("little", "attack", choices=_names("jaxbyz.attacks"))
+    attack_args: dict[str, Any] = flag(
+        None, "attack arguments, e.g. factor:1.5 negative:True", kind="keyval"
+    )
+    # ----- optimisation
+    momentum: float = flag(0.9, "momentum beta")
+    momentum_at: str = flag(
+        "worker",
+        "where momentum is computed: update (after the rule), server (before the rule), "
+        "worker (at each worker)",
+        choices=lambda: ["update", "server", "worker"],
+    )
+    momentum_nesterov: bool = flag(
+        False, "Nesterov: gradients at theta - lr * beta * momentum", kind="switch"
+    )
+    dampening: float = flag(0.0, "dampening delta: m = beta m + (1 - delta) g")
+    server_optimizer: str = flag(
+        "sgd",
+        "optax optimiser applied to the aggregate (sgd: the paper's theta -= lr * a)",
+        choices=_names("jaxbyz.transforms", "server_optimizer_names"),
+    )
+    server_optimizer_args: dict[str, Any] = flag(
+        None, "its arguments, e.g. b1:0.9 b2:0.999 (learning rate: --learning-rate)", kind="keyval"
+    )
+    weight_decay: float = flag(0.0, "adds lambda * theta to the update (PyTorch SGD's)")
+    learning_rate: float = flag(0.5, "initial learning rate gamma_0")
+    learning_rate_decay: int = flag(
+        5000, "hyperbolic half-decay time: gamma_0 / (1 + t/decay); <= 0 for none"
+    )
+    learning_rate_decay_delta: int = flag(300, "steps between two learning-rate updates")
+    learning_rate_schedule: str | None = flag(
+        None,
+        "piecewise-constant schedule; supersedes the other learning-rate flags",
+        metavar="LR0[,STEP,LR]*",
+    )
+    gradient_clip: float | None = flag(
+        2.0, "clip each gradient to this L2 norm; <= 0 for none", off_when_not_positive=True
+    )
+    clip_mode: str = flag(
+        "scale",
+        "scale: g * C/||g||; paper: g/||g|| as the paper's published runs",
+        choices=lambda: list(CLIP_MODES),
+    )
+    # ----- length, evaluation and study
+    nb_steps: int = flag(300, "training steps")
+    evaluation_delta: int = flag(
+        5, "steps between two evaluations; 0 for none but a final one", metavar="STEPS"
+    )
+    batch_size_test: int | None = flag(
+        None, "test examples per evaluation batch (default: the whole test set, in chunks)"
+    )
+    batch_size_test_reps: int | None = flag(
+        None, "evaluation batches: the first batch-size-test x reps test examples, cyclically"
+    )
+    nb_for_study: int = flag(
+        1, "gradients sampled per step for the study: max(honest workers, this); <= 0: no study"
+    )
+    nb_for_study_past: int = flag(
+        1, "past sampled gradients kept for the study's curvature and cosine with the past"
+    )
+    seed: int = flag(1, "PRNG seed of the run; negative: a random seed (recorded)")
 
     @property
     def f_real(self) -> int:
@@ -68,12 +180,96 @@ class Config:
         return dataclasses.asdict(self)
 
 
-# The paper's Fashion-MNIST run (issue 2's accuracy and speed reference): krum against "a little
-# is enough" (factor 1.5, negative), momentum 0.9 at the workers, 300 steps, evaluation every 5.
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
+FIELD_TYPES: dict[str, Any] = typing.get_type_hints(Config)
+# Fields added after the first sweeps were stored: left out of a run's identifier while at their
+# default, so that the identifiers of stored runs do not change.
+LATER_FIELDS = (
+    "no_transform",
+    "model_args",
+    "init_multi",
+    "init_multi_args",
+    "init_mono",
+    "init_mono_args",
+    "loss",
+    "loss_args",
+    "criterion",
+    "criterion_args",
+    "l1_regularize",
+    "nb_local_steps",
+    "gars",
+    "server_optimizer",
+    "server_optimizer_args",
+    "weight_decay",
+    "batch_size_test",
+    "batch_size_test_reps",
+    "nb_for_study",
+    "nb_for_study_past",
+)
+DEFAULTS = Config()
+
+# The paper's Fashion-MNIST run (the accuracy and speed reference): krum against "a little is
+# enough" (factor 1.5, negative), momentum 0.9 at the workers, 300 steps, evaluation every 5.
 PAPER_RUN = Config(attack_args={"factor": 1.5, "negative": True})
 
 
-def parse_keyval(items: list[str] | None, flag: str) -> dict[str, Any]:
+def identity_dict(config: Config) -> dict[str, Any]:
+    """The fields that identify a run: every field, except the later ones at their default."""
+    return {
+        name: value
+        for name, value in config.to_dict().items()
+        if name not in LATER_FIELDS or value != getattr(DEFAULTS, name)
+    }
+
+
+# ---------------------------------------------------------------------------------------------- #
+# Traced hyper-parameters
+
+
+class HyperParams(NamedTuple):
+    """The numbers of a run that change no array shape: traced values of its compiled program.
+
+    Runs that differ only in these (and in their seed) run as one program, ``vmap``-ed over
+    them. ``attack`` holds the traced parameters of the attack (:data:`TRACED_ATTACK_ARGS`).
+    ``l1_regularize`` and ``weight_decay`` enter the program only when the configuration sets
+    them to a non-zero value (:data:`GATED`): their presence is static, their value traced.
+    """
+
+    learning_rate: Any
+    momentum: Any
+    dampening: Any
+    l2_regularize: Any
+    l1_regularize: Any
+    weight_decay: Any
+    attack: dict[str, Any]
+
+    @classmethod
+    def from_config(cls, config: Config, attack_params: dict[str, Any] | None = None):
+        """The traced values of ``config`` as float32 scalars; ``attack_params``: the built
+        attack's parameters (``Attack.params``), of which the traced ones are taken."""
+        from jaxbyz.schedules import first_rate
+
+        attack_params = attack_params or {}
+        fields = {name: getattr(config, name) for name in TRACED_FIELDS}
+        fields["learning_rate"] = first_rate(config)
+        traced = {
+            k: attack_params[k]
+            for k in TRACED_ATTACK_ARGS
+            if k in config.attack_args and k in attack_params
+        }
+        return cls(**{k: jax.numpy.float32(v) for k, v in fields.items()}, attack=traced)
+
+
+TRACED_FIELDS = tuple(name for name in HyperParams._fields if name != "attack")
+TRACED_ATTACK_ARGS = ("factor",)
+GATED = ("l1_regularize", "weight_decay")
+
+
+# ---------------------------------------------------------------------------------------------- #
+# key:value arguments
+
+
+def parse_keyval(items: list[str] | None, flag_name: str) -> dict[str, Any]:
     """Parse the paper's ``key:value`` pairs (``factor:1.5 negative:True``) into a dict.
 
     Values are Python literals when they parse as one (numbers, booleans, None, lists), else
@@ -83,87 +279,12 @@ def parse_keyval(items: list[str] | None, flag: str) -> dict[str, Any]:
     for item in items or []:
         key, sep, raw = item.partition(":")
         if not sep or not key:
-            raise ValueError(f"{flag} {item!r} is malformed; expected key:value, e.g. factor:1.5")
+            raise ValueError(
+                f"{flag_name} {item!r} is malformed; expected key:value, e.g. factor:1.5"
+            )
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             value = raw
         result[key.replace("-", "_")] = value
     return result
-
-
-def _positive(flag: str, value: float, kind: str = "a positive number") -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{flag} must be {kind}, got {value!r}")
-
-
-def validate(config: Config) -> tuple[aggregators.Rule, attacks.Attack]:
-    """Check every field; return the built rule and attack. Raises ValueError naming the flag."""
-    if config.dataset not in DATASETS:
-        raise ValueError(
-            f"--dataset {config.dataset!r} is unknown; choose one of {', '.join(DATASETS)}"
-        )
-    if config.model not in MODELS:
-        raise ValueError(f"--model {config.model!r} is unknown; choose one of {', '.join(MODELS)}")
-    check_placement(config.momentum_at)
-    for flag, value in (
-        ("--batch-size", config.batch_size),
-        ("--nb-steps", config.nb_steps),
-        ("--evaluation-delta", config.evaluation_delta),
-        ("--nb-workers", config.nb_workers),
-    ):
-        if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{flag} must be a positive integer, got {value!r}")
-    if config.learning_rate_schedule is None:
-        _positive("--learning-rate", config.learning_rate)
-    else:
-        parse_piecewise(config.learning_rate_schedule)
-    if config.learning_rate_decay_delta <= 0:
-        raise ValueError(
-            "--learning-rate-decay-delta must be a positive integer, "
-            f"got {config.learning_rate_decay_delta}"
-        )
-    if not 0.0 <= config.momentum < 1.0:
-        raise ValueError(f"--momentum must be in [0, 1), got {config.momentum}")
-    if not 0.0 <= config.dampening <= 1.0:
-        raise ValueError(f"--dampening must be in [0, 1], got {config.dampening}")
-    if config.l2_regularize < 0:
-        raise ValueError(f"--l2-regularize must be >= 0, got {config.l2_regularize}")
-    if config.gradient_clip is not None:
-        _positive("--gradient-clip", config.gradient_clip, "a positive number (or omitted)")
-    if config.clip_mode not in CLIP_MODES:
-        raise ValueError(
-            f"--clip-mode {config.clip_mode!r} is unknown; choose one of {', '.join(CLIP_MODES)}"
-        )
-    if config.dirichlet_alpha is not None:
-        _positive("--dirichlet-alpha", config.dirichlet_alpha)
-    if config.nb_decl_byz < 0 or config.nb_decl_byz >= config.nb_workers:
-        raise ValueError(
-            f"--nb-decl-byz must be in [0, nb-workers), got {config.nb_decl_byz} with "
-            f"--nb-workers {config.nb_workers}; fix: declare fewer Byzantine workers or add workers"
-        )
-    if not 0 <= config.f_real <= config.nb_decl_byz:
-        raise ValueError(
-            f"--nb-real-byz must be between 0 and --nb-decl-byz ({config.nb_decl_byz}), "
-            f"got {config.f_real}"
-        )
-    rule = _build("--gar", config.gar, config.gar_args, aggregators)
-    try:
-        rule.check(config.nb_workers, config.nb_decl_byz)
-    except ValueError as err:
-        raise ValueError(
-            f"--gar {config.gar}: {err} (--nb-workers {config.nb_workers}, --nb-decl-byz "
-            f"{config.nb_decl_byz}); fix: add workers or declare fewer Byzantine ones"
-        ) from None
-    attack = _build("--attack", config.attack, config.attack_args, attacks)
-    attack.check(config.nb_workers, config.nb_decl_byz, config.f_real)
-    return rule, attack
-
-
-def _build(flag: str, name: str, args: dict[str, Any], family: Any) -> Any:
-    try:
-        return family.get(name, **args)
-    except TypeError as err:
-        raise ValueError(f"{flag} {name}: bad {flag}-args {args}: {err}") from None
-    except ValueError as err:
-        raise ValueError(f"{flag} {name}: {err}") from None

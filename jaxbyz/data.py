@@ -1,6 +1,6 @@
 """Dataset sources and on-device sampling.
 
-Sources (DESIGN section 3):
+Sources:
 - ``fashion-mnist`` / ``mnist`` from IDX files: a folder given by flag, the environment variable
   ``JAXBYZ_DATA_DIR``, Debian's ``/usr/share/datasets/<name>`` (package ``dataset-fashion-mnist``),
   or a one-time download of the official files into ``~/.cache/jaxbyz/<name>``;
@@ -31,6 +31,11 @@ import numpy as np
 Array = jax.Array
 
 DATASETS = ("fashion-mnist", "mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic")
+# the paper's dataset names that differ from ours
+DATASET_ALIASES = {"fashionmnist": "fashion-mnist"}
+# classes of each dataset, known before loading it (for checking a configuration); synthetic:
+# make_synthetic's default
+NUM_CLASSES = {name: 100 if name == "cifar100" else 10 for name in DATASETS}
 IDX_FILES = {
     "train_x": "train-images-idx3-ubyte",
     "train_y": "train-labels-idx1-ubyte",
@@ -109,7 +114,8 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _idx_complete(folder: Path) -> bool:
+def idx_complete(folder: Path) -> bool:
+    """Whether ``folder`` holds the four IDX files of a dataset (gzipped or not)."""
     return all(_find_idx(folder, stem) is not None for stem in IDX_FILES.values())
 
 
@@ -161,7 +167,7 @@ def load_idx_dataset(
 ) -> Dataset:
     """Load ``fashion-mnist`` or ``mnist`` from IDX files, downloading them once if allowed."""
     folders = idx_folders(name, data_dir)
-    folder = next((f for f in folders if _idx_complete(f)), None)
+    folder = next((f for f in folders if idx_complete(f)), None)
     reasons = []
     if folder is None and download:
         try:
@@ -373,11 +379,12 @@ def sample_indices(
 
 
 def gather_batches(
-    key: Array, images: Array, labels: Array, indices: Array, dataset: Dataset
+    key: Array, images: Array, labels: Array, indices: Array, dataset: Dataset, flip: bool
 ) -> tuple[Array, Array]:
-    """Gather ``[w, b, ...]`` inputs and labels, with random horizontal flips where enabled."""
+    """Gather ``[w, b, ...]`` inputs and labels, with random horizontal flips when ``flip``
+    (the dataset's default ``dataset.flip``, off with ``--no-transform``)."""
     x = preprocess(images[indices], dataset)
-    if dataset.flip:
+    if flip:
         flips = jax.random.bernoulli(key, 0.5, indices.shape)
         x = jnp.where(flips[..., None, None, None], x[..., ::-1, :], x)
     return x, labels[indices]

@@ -2,8 +2,18 @@
 
 For a set of ``k`` vectors ``X`` (rows) with average ``x̄``: the norm of the average ``‖x̄‖``, the
 deviation ``sqrt(Σ‖x_i - x̄‖² / (k - 1))`` and the maximum absolute coordinate of the average.
-The variance-norm ratio of the honest submissions, ``deviation / norm``, is what the robust
-rules' guarantees bound (El-Mhamdi et al. 2021, Section 2).
+The sets are the *sampled* gradient estimates (honest data, clipped, before momentum), the
+*honest* submissions as sent and the *attack* rows. The variance-norm ratio of the honest
+submissions, ``deviation / norm``, is what the robust rules' guarantees bound (El-Mhamdi et al.
+2021, Section 2).
+
+Over a window of the ``P`` past steps (``--nb-for-study-past``), as the paper's code: the cosine
+between the sampled mean ``ḡ_t`` and the previous one ``ḡ_{t-1}``, and the "composite curvature"
+``β Σ_{i<P} β^i ⟨ḡ_t, ḡ_{t-1-i}⟩`` (terms for steps before the first are absent). The past means
+are a ring ``[P, d]`` carried in the simulator's state.
+
+In the step's data flow (:mod:`jaxbyz.simulator`) the metrics read the sampled, honest and
+attack rows and the aggregate; they change nothing.
 """
 
 from __future__ import annotations
@@ -11,7 +21,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxbyz.aggregators.ops import row_mean
+from jaxbyz.rows import HIGHEST, row_mean
 
 Array = jax.Array
 
@@ -35,6 +45,8 @@ NAMES = (
     "cos_honest_attack",
     "cos_honest_aggregate",
     "cos_attack_aggregate",
+    "cos_sampled_prev",
+    "sampled_curvature",
     "byzantine_accepted",
     "variance_norm_ratio",
     "learning_rate",
@@ -57,7 +69,26 @@ def summarize(X: Array) -> tuple[Array, Array, Array, Array]:
 
 def cosine(a: Array, b: Array, norm_a: Array, norm_b: Array) -> Array:
     """Cosine of the angle between ``a`` and ``b`` given their norms."""
-    return jnp.dot(a, b, precision=jax.lax.Precision.HIGHEST) / (norm_a * norm_b)
+    return jnp.dot(a, b, precision=HIGHEST) / (norm_a * norm_b)
+
+
+def past_study(
+    mean: Array, norm: Array, past: Array, step: Array, beta: Array
+) -> tuple[Array, Array, Array]:
+    """``(cosine with the previous mean, composite curvature, new ring)`` from the sampled mean
+    ``ḡ_t`` (norm ``norm``), the ring ``past`` ``[P, d]`` of earlier means (the mean of step
+    ``s`` at row ``s mod P``) and the step ``t``."""
+    window = past.shape[0]
+    rows = jnp.arange(window)
+    age = (step - 1 - rows) % window  # row j holds the mean of step t - 1 - age_j
+    present = age < step  # no means before the first step
+    dots = jnp.dot(past, mean, precision=HIGHEST)
+    curvature = beta * jnp.sum(jnp.where(present, beta**age * dots, 0.0))
+    previous = past[(step - 1) % window]
+    previous_cos = cosine(mean, previous, norm, jnp.linalg.norm(previous))
+    previous_cos = jnp.where(step > 0, previous_cos, jnp.nan)
+    curvature = jnp.where(step > 0, curvature, jnp.nan)
+    return previous_cos, curvature, jnp.asarray(past).at[step % window].set(mean)
 
 
 def study(
@@ -70,8 +101,12 @@ def study(
     loss: Array,
     l2_from_origin: Array,
     learning_rate: Array,
-) -> dict[str, Array]:
-    """All per-step study metrics, as a dict of float32 scalars named as in ``NAMES``.
+    past: Array,
+    step: Array,
+    momentum: Array,
+) -> tuple[dict[str, Array], Array]:
+    """All per-step study metrics (a dict of float32 scalars named as in ``NAMES``) and the
+    updated ring of past sampled means.
 
     ``accepted`` is the rule's ``[n]`` acceptance mask (honest rows first) or None for rules that
     do not select; ``byzantine_accepted`` is then NaN.
@@ -85,6 +120,7 @@ def study(
         accepted_share = jnp.full((), jnp.nan, jnp.float32)
     else:
         accepted_share = jnp.sum(accepted[-f:]) / f
+    previous_cos, curvature, past = past_study(s_mean, s_norm, past, step, momentum)
     values = {
         "loss": loss,
         "l2_from_origin": l2_from_origin,
@@ -105,8 +141,10 @@ def study(
         "cos_honest_attack": cosine(h_mean, a_mean, h_norm, a_norm),
         "cos_honest_aggregate": cosine(h_mean, aggregate, h_norm, g_norm),
         "cos_attack_aggregate": cosine(a_mean, aggregate, a_norm, g_norm),
+        "cos_sampled_prev": previous_cos,
+        "sampled_curvature": curvature,
         "byzantine_accepted": accepted_share,
         "variance_norm_ratio": h_dev / h_norm,
         "learning_rate": learning_rate,
     }
-    return {name: jnp.asarray(values[name], jnp.float32) for name in NAMES}
+    return {name: jnp.asarray(values[name], jnp.float32) for name in NAMES}, past

@@ -1,27 +1,97 @@
-"""The three momentum placements of El-Mhamdi, Guerraoui & Rouault (ICLR 2021), Section 3.
+"""The three momentum placements of El-Mhamdi, Guerraoui & Rouault (ICLR 2021, Section 3), as
+compositions of optax transformations (:mod:`jaxbyz.transforms`).
 
-With momentum ``beta``, dampening ``delta`` and learning rate ``gamma_t``:
+With momentum ``β``, dampening ``δ`` and learning rate ``γ_t``, the submissions ``s_i`` the rule
+receives and the parameter update are:
 
-- ``update`` (classic; "at the server" in the paper): ``a_t = GAR(g_1..g_h, byz)``,
-  ``m_t = beta m_{t-1} + (1 - delta) a_t``, ``theta_{t+1} = theta_t - gamma_t m_t``;
-- ``worker`` (the paper's proposal): each honest worker keeps
-  ``m_i,t = beta m_i,t-1 + (1 - delta) g_i,t`` and submits it;
-  ``theta_{t+1} = theta_t - gamma_t a_t``;
-- ``server``: each honest submission is ``(1 - delta) g_i,t + beta a_{t-1}``;
-  ``theta_{t+1} = theta_t - gamma_t a_t``.
+- ``update`` (classic; "at the server" in the paper's text): ``s_i = g_i``;
+  ``a_t = F(s_1..s_n)``, ``m_t = β m_{t-1} + (1 - δ) a_t``, ``θ_{t+1} = θ_t - γ_t m_t``;
+- ``worker`` (the paper's proposal): ``s_i = m_i,t = β m_i,t-1 + (1 - δ) g_i,t``;
+  ``θ_{t+1} = θ_t - γ_t a_t``;
+- ``server``: ``s_i = (1 - δ) g_i,t + β a_{t-1}``; ``θ_{t+1} = θ_t - γ_t a_t``.
 
-Nesterov: gradients are taken at ``theta_t - gamma_t beta m`` where ``m`` is the server buffer
-(the momentum for ``update``, the previous aggregate for ``server``) or each worker's own momentum
-(``worker``). Every function here is pure and works on flat ``[d]`` or ``[w, d]`` arrays.
+With a linear rule (the average) the three are the same algorithm; with a robust rule they are
+not: worker momentum averages the noise of ``~1/(1-β)`` steps before the rule sees it, which
+lowers the variance-norm ratio of the submissions (the paper's thesis).
+
+Nesterov (the paper's look-ahead variant): the gradients are taken at ``θ_t - γ_t β m``, where
+``m`` is the momentum the composition keeps: each worker's own for ``worker``, the server's for
+``update``, the previous aggregate for ``server`` (``Composition.velocity``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
 import jax
+import optax
+
+from jaxbyz import transforms
 
 Array = jax.Array
 
 PLACEMENTS = ("update", "worker", "server")
+
+
+@dataclasses.dataclass(frozen=True)
+class Composition:
+    """The two optax stages a placement is made of, around the rule.
+
+    Attributes:
+      worker: applied to the ``[w, ...]`` rows of gradient estimates (clipped gradients), one
+        row per worker (:func:`jaxbyz.transforms.per_worker`); reads the extra argument
+        ``previous_aggregate`` where it needs it.
+      server: applied to the aggregate: the server-side momentum if any, weight decay, and the
+        optimiser that returns the parameter update.
+
+      velocity: ``(worker_state, aggregator_state, server_state) -> m``, the momentum the
+        Nesterov look-ahead follows: each worker's own (``[w, ...]``) for ``worker``, the
+        server's momentum for ``update``, the previous aggregate for ``server``.
+    """
+
+    worker: optax.GradientTransformationExtraArgs
+    server: optax.GradientTransformationExtraArgs
+    velocity: Callable[[Any, Any, Any], Any]
+
+
+def compose(
+    placement: str,
+    *,
+    beta: float | Array,
+    dampening: float | Array,
+    optimizer: optax.GradientTransformation,
+    num_workers: int,
+    weight_decay: float | Array | None = None,
+) -> Composition:
+    """The composition of ``placement`` for ``num_workers`` rows, ending with ``optimizer``
+    (``optax.sgd(schedule)`` is the paper's) after ``optax.add_decayed_weights(weight_decay)``
+    when given (the paper's ``--weight-decay``: PyTorch SGD adds ``λ θ`` to the update)."""
+    check_placement(placement)
+    decay = [] if weight_decay is None else [optax.add_decayed_weights(weight_decay)]
+    if placement == "update":
+        worker = optax.identity()
+        server = optax.chain(transforms.momentum(beta, dampening), *decay, optimizer)
+
+        def velocity(worker_state, aggregator_state, server_state):
+            return transforms.velocity(server_state[0])
+
+    elif placement == "worker":
+        worker = transforms.momentum(beta, dampening)
+        server = optax.chain(*decay, optimizer)
+
+        def velocity(worker_state, aggregator_state, server_state):
+            return transforms.velocity(worker_state)
+
+    else:
+        worker = transforms.server_momentum(beta, dampening)
+        server = optax.chain(*decay, optimizer)
+
+        def velocity(worker_state, aggregator_state, server_state):
+            return aggregator_state.previous
+
+    return Composition(transforms.per_worker(worker, num_workers), server, velocity)
 
 
 def check_placement(placement: str) -> None:
@@ -30,54 +100,3 @@ def check_placement(placement: str) -> None:
         raise ValueError(
             f"--momentum-at {placement!r} is unknown; choose one of {', '.join(PLACEMENTS)}"
         )
-
-
-def accumulate(buffer: Array, value: Array, beta: Array, dampening: Array) -> Array:
-    """Heavy-ball accumulation ``beta * buffer + (1 - dampening) * value`` (any shape)."""
-    return beta * buffer + (1.0 - dampening) * value
-
-
-def gradient_points(
-    placement: str,
-    theta: Array,
-    server_buffer: Array,
-    worker_buffers: Array,
-    lr: Array,
-    beta: Array,
-    nesterov: bool,
-) -> Array:
-    """Where the gradients are taken: ``[d]`` (shared) or ``[w, d]`` (one point per worker)."""
-    if not nesterov:
-        return theta
-    if placement == "worker":
-        return theta[None, :] - (lr * beta) * worker_buffers
-    return theta - (lr * beta) * server_buffer
-
-
-def submissions(
-    placement: str,
-    grads: Array,
-    worker_buffers: Array,
-    server_buffer: Array,
-    beta: Array,
-    dampening: Array,
-) -> tuple[Array, Array]:
-    """The honest workers' submissions ``[w, d]`` and their updated momentum buffers."""
-    if placement == "worker":
-        buffers = accumulate(worker_buffers, grads, beta, dampening)
-        return buffers, buffers
-    if placement == "server":
-        return (1.0 - dampening) * grads + beta * server_buffer[None, :], worker_buffers
-    return grads, worker_buffers
-
-
-def server_step(
-    placement: str, aggregate: Array, server_buffer: Array, beta: Array, dampening: Array
-) -> tuple[Array, Array]:
-    """The update direction (``theta -= lr * direction``) and the new server buffer."""
-    if placement == "update":
-        buffer = accumulate(server_buffer, aggregate, beta, dampening)
-        return buffer, buffer
-    if placement == "server":
-        return aggregate, aggregate
-    return aggregate, server_buffer

@@ -1,34 +1,40 @@
-"""Learning-rate schedules of the paper's code, as pure functions of the step (optax style).
+"""Learning-rate schedules of the paper's code, as optax schedules (``step -> learning rate``).
 
-- hyperbolic: ``gamma_t = gamma_0 / (1 + s / decay)`` where ``s = t - t mod decay_delta``, that is
-  the rate is recomputed only when ``t % decay_delta == 0`` (``decay <= 0``: constant);
-- piecewise constant: ``"lr0,step1,lr1,step2,lr2,..."`` as the paper's ``--learning-rate-schedule``.
+- hyperbolic decay (``--learning-rate-decay``, ``--learning-rate-decay-delta``):
+  ``γ_t = γ_0 / (1 + s / decay)`` with ``s = t - t mod Δ``: the rate is recomputed only when
+  ``t`` is a multiple of ``Δ``; ``decay <= 0`` keeps it constant;
+- piecewise constant (``--learning-rate-schedule "γ_0,t_1,γ_1,t_2,γ_2,..."``): ``γ_k`` from step
+  ``t_k`` on (``optax.join_schedules`` of constant schedules).
+
+Either is what ``optax.sgd(learning_rate=schedule)`` (or any optax optimiser) reads at every
+update from its own step count. ``γ_0`` may be a traced value, so that runs differing only in
+their learning rate share one compiled program; the piecewise rates are then scaled by
+``γ_0 / γ_0'`` where ``γ_0'`` is the schedule's first rate.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 
 Array = jax.Array
-Schedule = Callable[[Array, Array], Array]  # (step, lr0) -> lr
 
 
-def hyperbolic(decay: int, decay_delta: int) -> Schedule:
-    """``gamma_0 / (1 + (t - t mod delta) / decay)``; constant when ``decay <= 0``."""
+def hyperbolic_decay(init_value: float | Array, decay: int, decay_delta: int) -> optax.Schedule:
+    """``γ_0 / (1 + (t - t mod Δ) / decay)``; constant when ``decay <= 0``."""
     if decay_delta <= 0:
         raise ValueError(
             f"--learning-rate-decay-delta must be a positive integer, got {decay_delta}"
         )
 
-    def schedule(step: Array, lr0: Array) -> Array:
+    def schedule(count: Array) -> Array:
         if decay <= 0:
-            return jnp.asarray(lr0, jnp.float32)
-        last_update = (step // decay_delta) * decay_delta
-        return lr0 / (1.0 + last_update.astype(jnp.float32) / decay)
+            return jnp.asarray(init_value, jnp.float32)
+        last_update = (count // decay_delta) * decay_delta
+        return init_value / (1.0 + last_update.astype(jnp.float32) / decay)
 
     return schedule
 
@@ -54,13 +60,28 @@ def parse_piecewise(text: str) -> tuple[tuple[int, float], ...]:
     return tuple(points)
 
 
-def piecewise(points: tuple[tuple[int, float], ...]) -> Schedule:
-    """Piecewise-constant rate; ``lr0`` scales the whole schedule relative to its first value."""
-    boundaries = jnp.asarray([s for s, _ in points[1:]], jnp.int32)
-    rates = jnp.asarray([lr for _, lr in points], jnp.float32)
+def piecewise_constant(
+    points: tuple[tuple[int, float], ...], init_value: float | Array | None = None
+) -> optax.Schedule:
+    """``γ_k`` from step ``t_k`` on; ``init_value`` rescales the whole schedule so that it
+    starts at ``init_value`` (default: the first rate, unchanged)."""
+    first = jnp.float32(points[0][1])
+    ratio = 1.0 if init_value is None else init_value / first
+    constants = [optax.constant_schedule(jnp.float32(lr) * ratio) for _, lr in points]
+    return optax.join_schedules(constants, [step for step, _ in points[1:]])
 
-    def schedule(step: Array, lr0: Array) -> Array:
-        index = jnp.sum(step >= boundaries)
-        return rates[index] * (lr0 / rates[0])
 
-    return schedule
+def from_config(config, init_value: float | Array) -> optax.Schedule:
+    """The schedule a :class:`jaxbyz.config.Config` describes, starting at ``init_value``."""
+    if config.learning_rate_schedule is not None:
+        return piecewise_constant(parse_piecewise(config.learning_rate_schedule), init_value)
+    return hyperbolic_decay(
+        init_value, config.learning_rate_decay, config.learning_rate_decay_delta
+    )
+
+
+def first_rate(config) -> float:
+    """The learning rate at step 0 (``--learning-rate``, or the schedule's first rate)."""
+    if config.learning_rate_schedule is not None:
+        return parse_piecewise(config.learning_rate_schedule)[0][1]
+    return config.learning_rate

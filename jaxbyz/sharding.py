@@ -75,10 +75,11 @@ class Layout:
 
     def state_shardings(self, state: Any) -> Any:
         """Shardings for the simulator's ``State`` (or its shapes) *between* programs, to pass
-        as a jitted program's ``out_shardings``: the worker momenta ``[w, d]`` split by rows,
-        everything else replicated. The partitioner infers the same today from the constraints
-        inside the step; stating it makes the layout between programs a guarantee (whole
-        momenta on every device would cost an all-gather of ``w d`` floats per segment).
+        as a jitted program's ``out_shardings``: the per-worker states (``worker_state``,
+        ``poisoner_state``: momenta ``[w, d]``) split by rows, everything else replicated. The
+        partitioner infers the same today from the constraints inside the step; stating it
+        makes the layout between programs a guarantee (whole momenta on every device would cost
+        an all-gather of ``w d`` floats per segment).
 
         A ``jax.Array`` must split evenly, so when ``w`` is not a multiple of the device count
         the momenta stay replicated between programs (inside a program they are split anyway).
@@ -87,10 +88,17 @@ class Layout:
         if self.mesh is None:
             return None
         replicated = NamedSharding(self.mesh, P())
+        split = NamedSharding(self.mesh, P(WORKERS))
+
+        def per_worker(leaf: Any) -> NamedSharding:
+            rows = leaf.shape[0] if leaf.ndim else 0
+            return split if rows and rows % self.devices == 0 else replicated
+
         shardings = jax.tree.map(lambda _: replicated, state)
-        if state.worker_buffers.shape[0] % self.devices == 0:
-            shardings = shardings.replace(worker_buffers=NamedSharding(self.mesh, P(WORKERS)))
-        return shardings
+        return shardings.replace(
+            worker_state=jax.tree.map(per_worker, state.worker_state),
+            poisoner_state=jax.tree.map(per_worker, state.poisoner_state),
+        )
 
     def program_shardings(self, state: Any, outputs: int | None) -> dict[str, Any]:
         """``jax.jit`` keywords for a program returning ``(state, *outputs)`` (``outputs``

@@ -1,17 +1,26 @@
-"""The simulator: one Byzantine SGD step as one pure function, a run as ``lax.scan``.
+"""The simulator: one Byzantine SGD step assembled from optax transformations, a run as
+``lax.scan``.
 
-Data flow of a step (DESIGN section 2), workers on a leading array axis::
+Data flow of a step, workers on a leading array axis (``w`` gradient rows: the ``h`` honest
+workers, then the extra rows sampled for the study only, then the data-poisoning attackers)::
 
-    key -> batches [w, b, ...] -> vmap(grad of loss) -> [w, d] -> clip -> momentum placement
-        -> honest [h, d] -> attack -> byz [f, d] -> rule(concat(honest, byz), f_decl) -> update
+    key ─► batches [w, b, ...] ─► poison hook (attackers' batches) ─► vmap(grad of loss) [w, d]
+        ─► per_worker(clip)                                   gradient estimates (the "sampled")
+        ─► worker stage (per_worker momentum / server mix)    honest submissions [h, d]
+        ─► attack(honest) or poisoned rows                    Byzantine rows [f, d]
+        ─► robust_aggregate(rule, f_decl)                     aggregate [d]
+        ─► server stage (momentum, weight decay, optimiser)   update [d]  ─► θ + update
 
-Parameters travel as one flat vector (``ravel_pytree``) so that rules and attacks see plain
-``[n, d]`` matrices. ``make_train(config)`` returns ``train(key, hparams=None)``, a pure function
-of a PRNG key that runs the whole run (evaluations included) as one program, so that
-``jax.vmap(train)(keys)`` runs several seeds at once. Numbers that may vary across a sweep without
-changing shapes (learning rate, momentum, dampening, l2 factor, attack parameters) are traced
-``hparams``; everything else is static. Given a device mesh, the worker axis is split over its
-devices (:mod:`jaxbyz.sharding`).
+The stages are :mod:`jaxbyz.transforms` composed per momentum placement by
+:func:`jaxbyz.momentum.compose`; the learning rate is an optax schedule (:mod:`jaxbyz.schedules`)
+read by the server optimiser (any optax optimiser, ``sgd`` by default). Parameters travel as
+one flat vector (``ravel_pytree``) so that rules and attacks see plain ``[n, d]`` matrices.
+
+``make_train(config)`` returns ``train(key, hparams=None)``, a pure function of a PRNG key that
+runs the whole run (evaluations included) as one program, so that ``jax.vmap(train)(keys)`` runs
+several seeds at once. The numbers of :class:`jaxbyz.config.HyperParams` are traced; everything
+else is static. Given a device mesh, the worker axis is split over its devices
+(:mod:`jaxbyz.sharding`). :mod:`jaxbyz.driver` runs the same functions segment by segment.
 """
 
 from __future__ import annotations
@@ -25,23 +34,26 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
 from jaxbyz import data as data_lib
+from jaxbyz import losses, models, schedules, transforms
 from jaxbyz import metrics as metrics_lib
-from jaxbyz import momentum as momentum_lib
-from jaxbyz import schedules
-from jaxbyz.config import Config, validate
-from jaxbyz.models import get_model
+from jaxbyz.config import Config, HyperParams
+from jaxbyz.momentum import Composition, compose
+from jaxbyz.rows import row_mean
 from jaxbyz.sharding import Layout
+from jaxbyz.validation import check_config
 
 Array = jax.Array
-HParams = dict[str, Any]
 Data = dict[str, Array]  # device arrays: train_x, train_y, test_inputs, test_y (+ partition)
 # test examples per forward pass at evaluation: the whole MNIST test set for the MLP, less for
 # the convolutional models whose activations are larger
 EVAL_CHUNK = {"simples-full": 10_000, "simples-conv": 2_000, "empire-cnn": 500}
+DEFAULT_EVAL_CHUNK = 1_000
+PAPER_TEST_BATCH = 100  # the paper's --batch-size-test and --batch-size-test-reps defaults
 
 
 @chex.dataclass
@@ -49,13 +61,26 @@ class State:
     """Everything a run carries from one step to the next."""
 
     theta: Array  # [d] flat model parameters
-    theta0: Array  # [d] initial parameters (for the l2-from-origin metric)
+    theta0: Array  # [d] initial parameters (for the distance-from-origin metric)
     model_state: Any  # non-trainable collections (BatchNorm running statistics) or {}
-    server_buffer: Array  # [d] update momentum, or previous aggregate for "server"
-    worker_buffers: Array  # [w, d] per-worker momenta (w = 0 unless momentum is at the workers)
-    prev_aggregate: Array  # [d] last aggregate (centre of centred clipping)
+    worker_state: Any  # optax state of the honest workers' stage (leaves [h, ...])
+    poisoner_state: Any  # optax state of the data-poisoning workers' stage (leaves [f, ...])
+    aggregator_state: transforms.RobustAggregateState  # previous aggregate, accepted rows
+    server_state: Any  # optax state of the server stage (momentum, optimiser, step count)
+    past: Array  # [P, d] past sampled-gradient means, a ring (the study's curvature)
     step: Array  # int32 step counter
     key: Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Stages:
+    """The transformations of one step, built from the traced hyper-parameters."""
+
+    schedule: optax.Schedule
+    clip: optax.GradientTransformationExtraArgs  # every gradient row
+    composition: Composition  # the honest workers' stage and the server stage
+    poisoner: optax.GradientTransformationExtraArgs  # the data-poisoning attackers' stage
+    aggregator: optax.GradientTransformationExtraArgs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +96,6 @@ class Simulation:
     dim: int
     model_state_shape: Any
     bound: float | None
-    schedule: schedules.Schedule
     arrays: dict[str, Array]
     layout: Layout = dataclasses.field(default_factory=Layout)
 
@@ -87,35 +111,79 @@ class Simulation:
         return self.config.f_real
 
     @property
-    def label_flip(self) -> bool:
-        return bool(self.attack.label_flip) and self.byzantine > 0
+    def poisoning(self) -> bool:
+        """Whether the Byzantine rows are real gradients of poisoned data (label flipping)."""
+        return self.attack.poison is not None and self.byzantine > 0
+
+    @property
+    def study_extra(self) -> int:
+        """Rows sampled for the study only (``--nb-for-study`` above the honest count)."""
+        return max(0, self.config.nb_for_study - self.honest)
+
+    @property
+    def sampled(self) -> int:
+        """Gradient rows of honest data: the honest workers and the study-only rows."""
+        return self.honest + self.study_extra
 
     @property
     def grad_workers(self) -> int:
-        """Workers that compute real gradients: the honest ones, plus label-flipping attackers."""
-        return self.honest + (self.byzantine if self.label_flip else 0)
+        """Rows whose gradient is computed: honest, study-only, data-poisoning attackers."""
+        return self.sampled + (self.byzantine if self.poisoning else 0)
 
     @property
-    def buffered_workers(self) -> int:
-        if self.config.momentum_at != "worker":
-            return 0
-        if self.label_flip and not self.attack.params.get("momentum", True):
-            return self.honest
-        return self.grad_workers
+    def past_window(self) -> int:
+        """Past sampled means the study keeps (at least the previous one)."""
+        return max(1, self.config.nb_for_study_past)
 
-    def default_hparams(self) -> HParams:
+    def default_hparams(self) -> HyperParams:
         """The traced hyper-parameters, from the configuration."""
+        return HyperParams.from_config(self.config, self.attack.params)
+
+    def hyperparams(self, overrides: HyperParams | dict[str, Any] | None) -> HyperParams:
+        """The configuration's hyper-parameters with ``overrides`` (a dict or HyperParams)."""
+        if isinstance(overrides, HyperParams):
+            return overrides
+        hp = self.default_hparams()
+        if not overrides:
+            return hp
+        unknown = set(overrides) - set(HyperParams._fields)
+        if unknown:
+            raise ValueError(
+                f"hparams: unknown field(s) {sorted(unknown)}; traced hyper-parameters: "
+                f"{', '.join(HyperParams._fields)}"
+            )
+        return hp._replace(**overrides)
+
+    # ------------------------------------------------------------------------------------------ #
+    # The transformations
+
+    def stages(self, hp: HyperParams) -> Stages:
+        """The step's transformations, with the traced values of ``hp``."""
         c = self.config
-        lr0 = c.learning_rate
-        if c.learning_rate_schedule is not None:
-            lr0 = schedules.parse_piecewise(c.learning_rate_schedule)[0][1]
-        return {
-            "learning_rate": jnp.float32(lr0),
-            "momentum": jnp.float32(c.momentum),
-            "dampening": jnp.float32(c.dampening),
-            "l2_regularize": jnp.float32(c.l2_regularize),
-            "attack": {},
-        }
+        schedule = schedules.from_config(c, hp.learning_rate)
+        optimizer = transforms.server_optimizer(
+            c.server_optimizer, schedule, **c.server_optimizer_args
+        )
+        placement = dict(
+            beta=hp.momentum,
+            dampening=hp.dampening,
+            optimizer=optimizer,
+            weight_decay=hp.weight_decay if c.weight_decay else None,
+        )
+        composition = compose(c.momentum_at, num_workers=self.honest, **placement)
+        poisoners = self.byzantine if self.poisoning else 0
+        # poisoning attackers run the honest workers' stage, or send raw gradients
+        poison_placement = c.momentum_at if self.attack.params.get("momentum", True) else "update"
+        poisoner = compose(poison_placement, num_workers=poisoners, **placement).worker
+        if c.gradient_clip is None:
+            clip = transforms.per_worker(optax.identity(), self.grad_workers)
+        else:
+            mode = "unit" if c.clip_mode == "paper" else "scale"
+            clip = transforms.per_worker(
+                transforms.clip_by_norm(c.gradient_clip, mode), self.grad_workers
+            )
+        aggregator = transforms.robust_aggregate(self.rule, c.nb_decl_byz, num_workers=c.nb_workers)
+        return Stages(schedule, clip, composition, poisoner, aggregator)
 
     # ------------------------------------------------------------------------------------------ #
     # Initialisation
@@ -125,18 +193,28 @@ class Simulation:
         init_key, run_key = jax.random.split(key)
         dummy = jnp.zeros((1, *self.dataset.input_shape), jnp.float32)
         variables = self.model.init(init_key, dummy, train=False)
-        theta, _ = ravel_pytree(variables["params"])
+        params = variables["params"]
+        c = self.config
+        if c.init_multi is not None or c.init_mono is not None:
+            params = models.reinitialize(
+                params,
+                jax.random.fold_in(init_key, 1),
+                multi=None if c.init_multi is None else (c.init_multi, c.init_multi_args),
+                mono=None if c.init_mono is None else (c.init_mono, c.init_mono_args),
+            )
+        theta, _ = ravel_pytree(params)
         model_state = {k: v for k, v in variables.items() if k != "params"}
-        zeros = jnp.zeros_like(theta)
+        stages = self.stages(self.default_hparams())
+        rows = self.layout.rows
         return State(
             theta=theta,
             theta0=theta,
             model_state=model_state,
-            server_buffer=zeros,
-            worker_buffers=self.layout.rows(
-                jnp.zeros((self.buffered_workers, self.dim), theta.dtype)
-            ),
-            prev_aggregate=zeros,
+            worker_state=jax.tree.map(rows, stages.composition.worker.init(theta)),
+            poisoner_state=jax.tree.map(rows, stages.poisoner.init(theta)),
+            aggregator_state=stages.aggregator.init(theta),
+            server_state=stages.composition.server.init(theta),
+            past=jnp.zeros((self.past_window, self.dim), theta.dtype),
             step=jnp.zeros((), jnp.int32),
             key=run_key,
         )
@@ -144,49 +222,59 @@ class Simulation:
     # ------------------------------------------------------------------------------------------ #
     # Gradients
 
-    def _loss(self, theta, model_state, x, y, dropout_key, l2):
-        """NLL of one worker's batch plus ``l2 * ||theta||_2`` (the paper's regulariser)."""
+    def _loss(self, theta, model_state, x, y, dropout_key, hp: HyperParams):
+        """The loss of one worker's batch plus the regularisers ``λ2 ||θ||_2 (+ λ1 ||θ||_1)``."""
         variables = {"params": self.unravel(theta), **model_state}
         if model_state:
-            logp, updates = self.model.apply(
+            outputs, updates = self.model.apply(
                 variables, x, train=True, rngs={"dropout": dropout_key}, mutable=list(model_state)
             )
         else:
-            logp = self.model.apply(variables, x, train=True, rngs={"dropout": dropout_key})
+            outputs = self.model.apply(variables, x, train=True, rngs={"dropout": dropout_key})
             updates = {}
-        nll = -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
-        loss = nll + l2 * jnp.sqrt(jnp.sum(jnp.square(theta)) + 1e-30)
+        loss_fn = losses.get(self.config.loss, **self.config.loss_args)
+        loss = loss_fn(outputs, y) + hp.l2_regularize * jnp.sqrt(jnp.sum(jnp.square(theta)) + 1e-30)
+        if self.config.l1_regularize:
+            loss = loss + hp.l1_regularize * jnp.sum(jnp.abs(theta))
         return loss, (loss, updates)
 
-    def _gradients(self, state: State, points: Array, key: Array, hp: HParams, data: Data):
-        """Per-worker gradients ``[w, d]``, losses ``[w]`` and averaged model-state updates."""
+    def _gradients(self, state: State, points: Array, key: Array, hp: HyperParams, data: Data):
+        """Per-row gradients ``[w, d]``, losses ``[w]`` and the honest rows' averaged
+        model-state updates (BatchNorm statistics)."""
         w = self.grad_workers
         k_idx, k_flip, k_drop = jax.random.split(key, 3)
         indices = self.layout.rows(self._sample_indices(k_idx, data))
         x, y = data_lib.gather_batches(
-            k_flip, data["train_x"], data["train_y"], indices, self.dataset
+            k_flip, data["train_x"], data["train_y"], indices, self.dataset, self.flip
         )
-        if self.label_flip:
-            flipped = self.dataset.num_classes - 1 - y
-            y = jnp.where((jnp.arange(w) >= self.honest)[:, None], flipped, y)
+        if self.poisoning:  # the data-poisoning hook: the attackers' batches, poisoned
+            px, py = self.attack.poison(
+                x[self.sampled :],
+                y[self.sampled :],
+                key=jax.random.fold_in(key, 3),
+                num_classes=self.dataset.num_classes,
+                **self.attack.params,
+            )
+            x = jnp.concatenate([x[: self.sampled], px])
+            y = jnp.concatenate([y[: self.sampled], py])
         grad_fn = jax.grad(self._loss, has_aux=True)
         theta_axis = 0 if points.ndim == 2 else None
-        if points.ndim == 2 and points.shape[0] != w:  # label-flippers without momentum buffers
-            points = jnp.concatenate(
-                [points, jnp.broadcast_to(state.theta, (w - points.shape[0], self.dim))]
-            )
-        grads, (losses, updates) = jax.vmap(grad_fn, in_axes=(theta_axis, None, 0, 0, 0, None))(
-            points, state.model_state, x, y, jax.random.split(k_drop, w), hp["l2_regularize"]
+        grads, (losses_, updates) = jax.vmap(grad_fn, in_axes=(theta_axis, None, 0, 0, 0, None))(
+            points, state.model_state, x, y, jax.random.split(k_drop, w), hp
         )
         updates = jax.tree.map(
-            lambda u: metrics_lib.row_mean(u.reshape(w, -1)[: self.honest]).reshape(u.shape[1:]),
-            updates,
+            lambda u: row_mean(u.reshape(w, -1)[: self.honest]).reshape(u.shape[1:]), updates
         )
-        return grads, losses, updates
+        return grads, losses_, updates
+
+    @property
+    def flip(self) -> bool:
+        """Random horizontal flips of the training images (the dataset's default)."""
+        return self.dataset.flip and not self.config.no_transform
 
     def _sample_indices(self, key: Array, data: Data) -> Array:
-        """``[w, b]`` example indices: honest workers from their partition (IID by default),
-        label-flipping attackers IID."""
+        """``[w, b]`` example indices: the honest workers from their partition (IID by default),
+        the other rows IID."""
         num_train = data["train_y"].shape[0]
         batch = self.config.batch_size
         if "partition_table" not in data:
@@ -197,142 +285,165 @@ class Simulation:
         rest = data_lib.sample_indices(k_rest, self.grad_workers - self.honest, batch, num_train)
         return jnp.concatenate([honest, rest])
 
-    def _clip(self, grads: Array) -> Array:
-        """Per-gradient norm clipping: ``g * C/||g||`` ("scale") or ``g / ||g||`` ("paper")."""
-        c = self.config
-        if c.gradient_clip is None:
-            return grads
-        norms = jnp.sqrt(jnp.sum(jnp.square(grads), axis=1))
-        target = 1.0 if c.clip_mode == "paper" else c.gradient_clip
-        factor = jnp.where(norms > c.gradient_clip, target / norms, 1.0)
-        return grads * factor[:, None]
+    def _gradient_points(self, state: State, stages: Stages, hp: HyperParams) -> Array:
+        """Where the gradients are taken: ``θ`` ``[d]``, or the Nesterov look-ahead along the
+        composition's momentum: shared ``[d]``, or one point per row ``[w, d]`` when the workers
+        keep their own momentum (rows without one use ``θ``)."""
+        if not self.config.momentum_nesterov:
+            return state.theta
+        lr = stages.schedule(state.step)
+        velocity = stages.composition.velocity(
+            state.worker_state, state.aggregator_state, state.server_state
+        )
+        if velocity.ndim == 1:
+            return transforms.lookahead(state.theta, velocity, lr, hp.momentum)
+        honest = transforms.lookahead(state.theta, velocity, lr, hp.momentum)
+        poisoner_velocity = transforms.velocity(state.poisoner_state)
+        poisoners = self.grad_workers - self.sampled
+        if poisoner_velocity is not None and poisoners:
+            tail = transforms.lookahead(state.theta, poisoner_velocity, lr, hp.momentum)
+        else:
+            tail = jnp.broadcast_to(state.theta, (poisoners, self.dim))
+        extra = jnp.broadcast_to(state.theta, (self.study_extra, self.dim))
+        return jnp.concatenate([honest, extra, tail])
 
     # ------------------------------------------------------------------------------------------ #
     # One step
 
-    def step(self, state: State, hp: HParams, data: Data) -> tuple[State, dict[str, Array]]:
+    def step(self, state: State, hp: HyperParams, data: Data) -> tuple[State, dict[str, Array]]:
         """One synchronous step of Byzantine SGD; returns the new state and the study metrics."""
-        c = self.config
         h, f = self.honest, self.byzantine
-        beta, damp = hp["momentum"], hp["dampening"]
         key, k_grad, k_attack, k_rule = jax.random.split(state.key, 4)
-        lr = self.schedule(state.step, hp["learning_rate"])
+        stages = self.stages(hp)
+        lr = stages.schedule(state.step)
+        rows = self.layout.rows
 
-        buffers = state.worker_buffers
-        points = momentum_lib.gradient_points(
-            c.momentum_at, state.theta, state.server_buffer, buffers, lr, beta, c.momentum_nesterov
-        )
-        grads, losses, updates = self._gradients(state, points, k_grad, hp, data)
-        grads = self.layout.rows(self._clip(grads))
+        points = self._gradient_points(state, stages, hp)
+        grads, losses_, updates = self._gradients(state, points, k_grad, hp, data)
+        grads, _ = stages.clip.update(grads, stages.clip.init(state.theta))
+        grads = rows(grads)
         chex.assert_shape(grads, (self.grad_workers, self.dim))
 
-        sent, new_buffers = self._submissions(grads, buffers, state.server_buffer, beta, damp)
-        new_buffers = self.layout.rows(new_buffers)
+        previous = {"previous_aggregate": state.aggregator_state.previous}
+        sent, worker_state = stages.composition.worker.update(
+            grads[:h], state.worker_state, state.theta, **previous
+        )
         # attacks, rules and metrics read whole columns: coordinates split over the devices
-        sent = self.layout.columns(sent)
-        honest = sent[:h]
-        byzantine = self._byzantine(honest, sent[h:], k_attack, hp)
+        honest = self.layout.columns(sent)
+        poisoned, poisoner_state = stages.poisoner.update(
+            grads[self.sampled :], state.poisoner_state, state.theta, **previous
+        )
+        byzantine = self._byzantine(honest, self.layout.columns(poisoned), k_attack, hp)
         chex.assert_shape(byzantine, (f, self.dim))
         received = self.layout.columns(jnp.concatenate([honest, byzantine], axis=0))
-        aggregate, accepted = self.rule.aggregate(
-            received, c.nb_decl_byz, key=k_rule, prev=state.prev_aggregate
+        aggregate, aggregator_state = stages.aggregator.update(
+            received, state.aggregator_state, key=k_rule
         )
         aggregate = self.layout.replicated(aggregate)
+        aggregator_state = aggregator_state._replace(previous=aggregate)
         chex.assert_shape(aggregate, (self.dim,))
-        direction, server_buffer = momentum_lib.server_step(
-            c.momentum_at, aggregate, state.server_buffer, beta, damp
+        update, server_state = stages.composition.server.update(
+            aggregate, state.server_state, state.theta
         )
-        theta = state.theta - lr * direction
-        study = metrics_lib.study(
-            sampled=grads[:h],
+        theta = optax.apply_updates(state.theta, update)
+
+        sampled = grads[: self.sampled]
+        study, past = metrics_lib.study(
+            sampled=sampled,
             honest=honest,
             byzantine=byzantine,
             aggregate=aggregate,
-            accepted=accepted,
-            loss=metrics_lib.row_mean(losses[:h, None])[0],
+            accepted=aggregator_state.accepted if self.rule.selects else None,
+            loss=row_mean(losses_[: self.sampled, None])[0],
             l2_from_origin=jnp.linalg.norm(state.theta - state.theta0),
             learning_rate=lr,
+            past=state.past,
+            step=state.step,
+            momentum=hp.momentum,
         )
         new_state = state.replace(
             theta=theta,
             model_state={**state.model_state, **updates},
-            server_buffer=server_buffer,
-            worker_buffers=new_buffers,
-            prev_aggregate=aggregate,
+            worker_state=jax.tree.map(rows, worker_state),
+            poisoner_state=jax.tree.map(rows, poisoner_state),
+            aggregator_state=aggregator_state,
+            server_state=server_state,
+            past=past,
             step=state.step + 1,
             key=key,
         )
         return new_state, study
 
-    def _submissions(self, grads, buffers, server_buffer, beta, damp):
-        """Momentum placement for the workers that compute gradients (label-flippers included)."""
-        if buffers.shape[0] == grads.shape[0] or self.config.momentum_at != "worker":
-            return momentum_lib.submissions(
-                self.config.momentum_at, grads, buffers, server_buffer, beta, damp
-            )
-        # label-flippers that do not use momentum send their raw gradients
-        sent, new_buffers = momentum_lib.submissions(
-            "worker", grads[: buffers.shape[0]], buffers, server_buffer, beta, damp
-        )
-        return jnp.concatenate([sent, grads[buffers.shape[0] :]]), new_buffers
-
-    def _byzantine(self, honest: Array, flipped: Array, key: Array, hp: HParams) -> Array:
-        """The ``[f, d]`` Byzantine vectors: label-flipped gradients, or the attack's output."""
+    def _byzantine(self, honest: Array, poisoned: Array, key: Array, hp: HyperParams) -> Array:
+        """The ``[f, d]`` Byzantine rows: the poisoned workers' submissions, or the attack's."""
         if self.byzantine == 0:
             return jnp.zeros((0, self.dim), honest.dtype)
-        if self.label_flip:
-            return flipped
+        if self.poisoning:
+            return poisoned
         return self.attack(
             honest,
             self.byzantine,
             key=key,
             rule=self.rule,
             f_decl=self.config.nb_decl_byz,
-            **hp["attack"],
+            **hp.attack,
         )
 
     # ------------------------------------------------------------------------------------------ #
     # Evaluation and runs
 
     def evaluate(self, state: State, data: Data) -> Array:
-        """Top-1 accuracy on the full test set (BatchNorm in inference mode, no dropout)."""
+        """The criterion (top-k accuracy) on the test set, BatchNorm in inference mode and no
+        dropout: the whole test set by default; with ``--batch-size-test B`` and
+        ``--batch-size-test-reps R``, the first ``B x R`` test examples taken cyclically in
+        batches of ``B`` (the paper's evaluation)."""
         x, y = data["test_inputs"], data["test_y"]
-        count = y.shape[0]
-        size = min(EVAL_CHUNK[self.config.model], count)
-        chunks = math.ceil(count / size)
-        pad = chunks * size - count
+        count, size, chunks = self._evaluation_shape(y.shape[0])
         variables = {"params": self.unravel(state.theta), **state.model_state}
+        correct_fn = losses.criterion(self.config.criterion, **self.config.criterion_args)
 
         def correct(args):
             xb, yb, valid = args
-            logits = self.model.apply(variables, xb, train=False)
-            return jnp.sum((jnp.argmax(logits, axis=1) == yb) & valid)
+            outputs = self.model.apply(variables, xb, train=False)
+            return jnp.sum(correct_fn(outputs, yb) & valid)
 
-        xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(chunks, size, *x.shape[1:])
-        ys = jnp.pad(y, (0, pad)).reshape(chunks, size)
         valid = (jnp.arange(chunks * size) < count).reshape(chunks, size)
-        return jnp.sum(jax.lax.map(correct, (xs, ys, valid))) / count
+        if count == y.shape[0]:  # the whole test set, in order: padded into equal chunks
+            pad = chunks * size - count
+            xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+            xs, ys = xs.reshape(chunks, size, *x.shape[1:]), jnp.pad(y, (0, pad))
+        else:  # B x R examples, cyclically
+            index = jnp.arange(chunks * size) % y.shape[0]
+            xs, ys = x[index].reshape(chunks, size, *x.shape[1:]), y[index]
+        parts = jax.lax.map(correct, (xs, ys.reshape(chunks, size), valid))
+        return jnp.sum(parts) / count
 
-    def segment(
-        self, state: State, hp: HParams, data: Data, length: int
-    ) -> tuple[State, dict, Array]:
-        """``length`` steps (``lax.scan``) followed by one evaluation."""
-        state, study = jax.lax.scan(lambda s, _: self.step(s, hp, data), state, None, length=length)
-        return state, study, self.evaluate(state, data)
-
-    def segment_lengths(self) -> list[int]:
-        """Steps between evaluations: evaluations happen at step 0, every delta, and at the end."""
+    def _evaluation_shape(self, test_size: int) -> tuple[int, int, int]:
+        """(examples evaluated, examples per forward pass, forward passes)."""
         c = self.config
-        lengths = [c.evaluation_delta] * (c.nb_steps // c.evaluation_delta)
-        if c.nb_steps % c.evaluation_delta:
-            lengths.append(c.nb_steps % c.evaluation_delta)
-        return lengths
+        if c.batch_size_test is None and c.batch_size_test_reps is None:
+            count = test_size
+            size = min(EVAL_CHUNK.get(c.model, DEFAULT_EVAL_CHUNK), count)
+        else:
+            size = c.batch_size_test or PAPER_TEST_BATCH
+            count = size * (c.batch_size_test_reps or PAPER_TEST_BATCH)
+        return count, size, math.ceil(count / size)
+
+    def steps(self, state: State, hp: HyperParams, data: Data, length: int):
+        """``length`` steps as one ``lax.scan``: the new state and the per-step study metrics."""
+        return jax.lax.scan(lambda s, _: self.step(s, hp, data), state, None, length=length)
 
     def evaluation_steps(self) -> np.ndarray:
-        return np.cumsum([0, *self.segment_lengths()])
+        """The steps after which the model is evaluated: 0, every ``evaluation_delta``, and the
+        last; only the last with ``evaluation_delta = 0``."""
+        c = self.config
+        if c.evaluation_delta == 0:
+            return np.asarray([c.nb_steps])
+        steps = list(range(0, c.nb_steps, c.evaluation_delta))
+        return np.asarray([*steps, c.nb_steps])
 
     def run(
-        self, key: Array, hparams: HParams | None = None, data: Data | None = None
+        self, key: Array, hparams: HyperParams | dict | None = None, data: Data | None = None
     ) -> dict[str, Any]:
         """The whole run as one traced program (pure in ``key``): accuracies and study metrics.
 
@@ -340,30 +451,31 @@ class Simulation:
         closes over are embedded in the program as constants (slow to compile for a real
         dataset): pass ``data=sim.arrays`` as an argument of the jitted function instead.
         """
-        hp = self.default_hparams() if hparams is None else {**self.default_hparams(), **hparams}
+        hp = self.hyperparams(hparams)
         data = self.arrays if data is None else data
         state = self.init(key)
-        accuracies = [self.evaluate(state, data)]
-        lengths = self.segment_lengths()
-        full, rest = lengths.count(self.config.evaluation_delta), lengths[len(lengths) - 1]
-        if full:
+        evaluations = self.evaluation_steps()
+        accuracies = [] if evaluations[0] > 0 else [self.evaluate(state, data)[None]]
+        lengths = np.diff(evaluations) if evaluations[0] == 0 else evaluations
+        lengths = [int(n) for n in lengths]
+        studies = []
+        full = sum(1 for n in lengths if n == lengths[0])
+        if full > 1:
 
             def body(s, _):
-                s, study, acc = self.segment(s, hp, data, self.config.evaluation_delta)
-                return s, (study, acc)
+                s, study = self.steps(s, hp, data, lengths[0])
+                return s, (study, self.evaluate(s, data))
 
             state, (study, accs) = jax.lax.scan(body, state, None, length=full)
             accuracies.append(accs)
-            studies = [jax.tree.map(lambda v: v.reshape(-1), study)]
-        else:
-            studies = []
-        if len(lengths) > full:
-            state, study, acc = self.segment(state, hp, data, rest)
-            accuracies.append(acc[None])
+            studies.append(jax.tree.map(lambda v: v.reshape(-1), study))
+            lengths = lengths[full:]
+        for length in lengths:
+            state, study = self.steps(state, hp, data, length)
+            accuracies.append(self.evaluate(state, data)[None])
             studies.append(study)
-        accuracy = jnp.concatenate([jnp.atleast_1d(a) for a in accuracies])
         study = {k: jnp.concatenate([s[k] for s in studies]) for k in metrics_lib.NAMES}
-        return {"accuracy": accuracy, "study": study, "theta": state.theta}
+        return {"accuracy": jnp.concatenate(accuracies), "study": study, "theta": state.theta}
 
 
 def _device_arrays(config: Config, dataset: data_lib.Dataset, layout: Layout) -> dict[str, Array]:
@@ -388,21 +500,15 @@ def make_simulation(
     With a ``mesh`` (:func:`jaxbyz.sharding.worker_mesh`), the worker axis is split over its
     devices (see :mod:`jaxbyz.sharding`); pass inputs through ``simulation.layout.place``.
     """
-    rule, attack = validate(config)
+    rule, attack = check_config(config)
     layout = Layout(mesh)
     if dataset is None:
         dataset = data_lib.load_dataset(config.dataset, config.data_dir)
-    model = get_model(config.model, dataset.num_classes)
+    model = models.get(config.model, dataset.num_classes, **config.model_args)
     dummy = jnp.zeros((1, *dataset.input_shape), jnp.float32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy, train=False))
     params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"])
     flat, unravel = ravel_pytree(params)
-    if config.learning_rate_schedule is None:
-        schedule = schedules.hyperbolic(
-            config.learning_rate_decay, config.learning_rate_decay_delta
-        )
-    else:
-        schedule = schedules.piecewise(schedules.parse_piecewise(config.learning_rate_schedule))
     return Simulation(
         config=config,
         dataset=dataset,
@@ -413,7 +519,6 @@ def make_simulation(
         dim=int(flat.shape[0]),
         model_state_shape={k: v for k, v in shapes.items() if k != "params"},
         bound=rule.upper_bound(config.nb_workers, config.nb_decl_byz, int(flat.shape[0])),
-        schedule=schedule,
         arrays=_device_arrays(config, dataset, layout),
         layout=layout,
     )
@@ -425,15 +530,16 @@ def make_train(
     """``train(key, hparams=None, data=None) -> {"accuracy": [E], "study": {name: [T]}, "theta"}``.
 
     A pure function of ``key``: ``jax.jit(jax.vmap(train))(keys)`` runs several seeds as one
-    program. ``hparams`` may override ``learning_rate``, ``momentum``, ``dampening``,
-    ``l2_regularize`` (traced scalars) and ``attack`` (a dict of attack parameters). For a real
-    dataset pass its device arrays, ``train.data``, as an argument rather than letting the
-    function close over them (closed-over arrays are compiled in as constants):
-    ``jax.jit(jax.vmap(train, in_axes=(0, None, None)))(keys, None, train.data)``.
+    program. ``hparams`` overrides traced hyper-parameters (:class:`jaxbyz.config.HyperParams`
+    fields: ``learning_rate``, ``momentum``, ``dampening``, ``l2_regularize``, ...; ``attack``: a
+    dict of attack parameters). For a real dataset pass its device arrays, ``train.data``, as an
+    argument rather than letting the function close over them (closed-over arrays are compiled
+    in as constants): ``jax.jit(jax.vmap(train, in_axes=(0, None, None)))(keys, None,
+    train.data)``.
     """
     sim = make_simulation(config, dataset, mesh)
 
-    def train(key: Array, hparams: HParams | None = None, data: Data | None = None):
+    def train(key: Array, hparams: HyperParams | dict | None = None, data: Data | None = None):
         return sim.run(key, hparams, data)
 
     train.data = sim.arrays

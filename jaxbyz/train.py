@@ -1,34 +1,39 @@
 """``python -m jaxbyz.train``: one simulated run from the command line.
 
-Flags are named as in the paper's ``attack.py`` (LPD-EPFL/ByzantineMomentum), so that its command
-lines work unchanged; ``--gar-args`` and ``--attack-args`` take space-separated ``key:value`` pairs.
-The result directory receives ``config.json``, ``eval.csv`` (step, cross-accuracy), ``study.csv``
-(one line of study metrics per step) and ``summary.json``, written as the run goes so that an
-interrupted run keeps what it computed.
+Every flag of the paper's ``attack.py`` (LPD-EPFL/ByzantineMomentum) is accepted with its meaning,
+so that its command lines work unchanged; a flag without meaning here is accepted and says so,
+a value that cannot be honoured is refused in one line. The flags are generated from the fields
+of :class:`jaxbyz.config.Config` (the run's science) and :class:`RunOptions` (how it is run).
+
+The result directory receives ``config.json``, ``eval.csv`` (step, accuracy), ``study.csv`` (one
+line of study metrics per step) and ``summary.json``, written as the run goes so that an
+interrupted run keeps what it computed; with ``--checkpoint-delta K`` the run state is saved every
+``K`` steps in ``checkpoints/`` and the same command, run again on the interrupted directory,
+resumes from the last checkpoint and ends with the files an uninterrupted run writes.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import functools
+import dataclasses
 import json
 import os
+import secrets
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from jaxbyz import aggregators, attacks
-from jaxbyz.config import CLIP_MODES, Config, parse_keyval
-from jaxbyz.data import DATASETS, DatasetNotFoundError
+from jaxbyz import aggregators, attacks, cli
+from jaxbyz.config import Config, flag
+from jaxbyz.data import DATASET_ALIASES, DatasetNotFoundError
 from jaxbyz.metrics import NAMES
-from jaxbyz.models import MODELS
-from jaxbyz.momentum import PLACEMENTS
+
+CHECKPOINT_FORMAT = 1
 
 EXAMPLES = """\
 examples:
@@ -37,9 +42,10 @@ examples:
       --nb-real-byz 12 --gar krum --attack little --attack-args factor:1.5 negative:True \\
       --momentum 0.9 --momentum-at worker --learning-rate 0.5 --batch-size 83 \\
       --gradient-clip 2 --l2-regularize 1e-4 --nb-steps 300 --evaluation-delta 5 \\
-      --result-directory results/krum-little-worker
+      --result-directory results/krum-little-worker --checkpoint-delta 100
 
-  # a quick look without the real data
+  # the same with Adam at the server, and a quick look without the real data
+  python -m jaxbyz.train --server-optimizer adam --learning-rate 1e-3 --dry-run
   python -m jaxbyz.train --dataset synthetic --nb-steps 50 --gar median --attack empire
 
 rules:   {rules}
@@ -47,216 +53,160 @@ attacks: {attacks}
 """
 
 
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How a run is executed and stored (not part of its science: not in ``config.json``)."""
+
+    result_directory: str | None = flag(
+        None,
+        "where to write config.json, eval.csv, study.csv, summary.json (and checkpoints/); an "
+        "interrupted run's directory resumes with the same command",
+    )
+    checkpoint_delta: int = flag(
+        0, "steps between two checkpoints of the run state in the result directory; 0: none"
+    )
+    load_checkpoint: str | None = flag(
+        None,
+        "start from a saved state (a result directory, its checkpoints/ or one checkpoint "
+        "folder); --nb-steps more steps are run, as in the paper's code",
+        metavar="PATH",
+    )
+    device: str = flag("auto", "device: auto, cpu, cuda[:N] or gpu[:N], tpu[:N]")
+    device_gar: str = flag(
+        "same",
+        "the paper's device for the rule",
+        ignored="the rule runs inside the step's compiled program, on the run's device",
+    )
+    user_input_delta: int = flag(
+        0,
+        "the paper's interactive prompt every N steps",
+        ignored="runs are not interactive; use the result files and --checkpoint-delta",
+    )
+    dry_run: bool = flag(
+        False, "check the flags, print the resolved configuration, compile nothing", kind="switch"
+    )
+    no_progress: bool = flag(False, "no progress bar", kind="switch")
+    shard_workers: bool = flag(
+        False,
+        "split the worker axis over every device (of every host with the flags below)",
+        kind="switch",
+    )
+    coordinator_address: str | None = flag(
+        None,
+        "several hosts: process 0's address, and call jax.distributed.initialize with "
+        "--num-processes and --process-id; 'auto' detects all three (Slurm, Open MPI, TPU)",
+        metavar="HOST:PORT",
+    )
+    num_processes: int | None = flag(None, "several hosts: number of processes")
+    process_id: int | None = flag(None, "several hosts: this process's index")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (flags of the paper's ``attack.py`` where they exist)."""
-    d = Config()
+    """The argument parser: one flag per :class:`Config` and :class:`RunOptions` field."""
     p = argparse.ArgumentParser(
         prog="python -m jaxbyz.train",
         description="Simulate one Byzantine-resilient SGD run (El-Mhamdi, Guerraoui & Rouault, "
         "ICLR 2021): n workers, f of them Byzantine, a robust aggregation rule at the server, "
-        "momentum at the update, the server or the workers. All workers are one vectorised JAX "
-        "program.",
+        "momentum at the update, the server or the workers, any optax optimiser at the server. "
+        "All workers are one vectorised JAX program. The flags are those of the paper's "
+        "attack.py.",
         epilog=EXAMPLES.format(
             rules=", ".join(aggregators.names()), attacks=", ".join(attacks.names())
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add = p.add_argument
-    add("--seed", type=int, default=d.seed, help="PRNG seed of the run (default %(default)s)")
-    add("--dataset", default=d.dataset, help=f"one of {', '.join(DATASETS)} (default %(default)s)")
-    add(
-        "--data-dir",
-        default=None,
-        help="folder holding the dataset's files (else JAXBYZ_DATA_DIR, "
-        "Debian's /usr/share/datasets, then a one-time download into ~/.cache/jaxbyz)",
-    )
-    add("--model", default=d.model, help=f"one of {', '.join(MODELS)} (default %(default)s)")
-    add(
-        "--nb-workers", type=int, default=d.nb_workers, help="total workers n (default %(default)s)"
-    )
-    add(
-        "--nb-decl-byz",
-        type=int,
-        default=d.nb_decl_byz,
-        help="Byzantine workers f the rule tolerates (default %(default)s)",
-    )
-    add(
-        "--nb-real-byz",
-        type=int,
-        default=None,
-        help="Byzantine workers that really attack (default: as declared); the rest are honest",
-    )
-    add("--gar", default=d.gar, help="aggregation rule (default %(default)s); see the list below")
-    add(
-        "--gar-args", nargs="*", default=None, metavar="KEY:VALUE", help="rule parameters, e.g. m:1"
-    )
-    add("--attack", default=d.attack, help="attack (default %(default)s); see the list below")
-    add(
-        "--attack-args",
-        nargs="*",
-        default=None,
-        metavar="KEY:VALUE",
-        help="attack parameters, e.g. factor:1.5 negative:True",
-    )
-    add("--momentum", type=float, default=d.momentum, help="momentum beta (default %(default)s)")
-    add(
-        "--momentum-at",
-        default=d.momentum_at,
-        choices=PLACEMENTS,
-        help="where momentum is computed: update (classic), server, worker (default %(default)s)",
-    )
-    add("--momentum-nesterov", action="store_true", help="Nesterov momentum")
-    add(
-        "--dampening", type=float, default=d.dampening, help="dampening delta (default %(default)s)"
-    )
-    add(
-        "--learning-rate",
-        type=float,
-        default=d.learning_rate,
-        help="initial learning rate gamma_0 (default %(default)s)",
-    )
-    add(
-        "--learning-rate-decay",
-        type=int,
-        default=d.learning_rate_decay,
-        help="hyperbolic half-decay time: gamma_0 / (1 + t/decay); <= 0 for none "
-        "(default %(default)s)",
-    )
-    add(
-        "--learning-rate-decay-delta",
-        type=int,
-        default=d.learning_rate_decay_delta,
-        help="steps between two learning-rate updates (default %(default)s)",
-    )
-    add(
-        "--learning-rate-schedule",
-        default=None,
-        metavar="LR0[,STEP,LR]*",
-        help="piecewise-constant schedule; supersedes the other learning-rate flags",
-    )
-    add(
-        "--l2-regularize",
-        type=float,
-        default=d.l2_regularize,
-        help="adds lambda * ||theta||_2 to the loss (default %(default)s)",
-    )
-    add(
-        "--gradient-clip",
-        type=float,
-        default=d.gradient_clip,
-        help="clip each gradient to this L2 norm (default %(default)s); <= 0 for none",
-    )
-    add(
-        "--clip-mode",
-        default=d.clip_mode,
-        choices=CLIP_MODES,
-        help="scale: g * C/||g|| (default); paper: g/||g|| as the paper's code does",
-    )
-    add(
-        "--batch-size",
-        type=int,
-        default=d.batch_size,
-        help="per-worker batch (default %(default)s)",
-    )
-    add("--nb-steps", type=int, default=d.nb_steps, help="training steps (default %(default)s)")
-    add(
-        "--evaluation-delta",
-        type=int,
-        default=d.evaluation_delta,
-        help="steps between two evaluations on the full test set (default %(default)s)",
-    )
-    add(
-        "--dirichlet-alpha",
-        type=float,
-        default=None,
-        help="non-IID: split the training set across honest workers with Dirichlet(alpha)",
-    )
-    add(
-        "--result-directory",
-        default=None,
-        help="where to write config.json, eval.csv, study.csv, summary.json (must not exist yet)",
-    )
-    add("--no-progress", action="store_true", help="no progress bar")
-    add(
-        "--shard-workers",
-        action="store_true",
-        help="split the worker axis over every device (of every host with the flags below); "
-        "see jaxbyz/sharding.py",
-    )
-    add(
-        "--coordinator-address",
-        default=None,
-        metavar="HOST:PORT",
-        help="several hosts: process 0's address, and call jax.distributed.initialize with "
-        "--num-processes and --process-id; 'auto' detects all three (Slurm, Open MPI, TPU)",
-    )
-    add("--num-processes", type=int, default=None, help="several hosts: number of processes")
-    add("--process-id", type=int, default=None, help="several hosts: this process's index")
+    cli.add_fields(p.add_argument_group("the run (config.json)"), Config)
+    cli.add_fields(p.add_argument_group("running it"), RunOptions)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """The run configuration the parsed flags describe."""
-    return Config(
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        model=args.model,
-        nb_workers=args.nb_workers,
-        nb_decl_byz=args.nb_decl_byz,
-        nb_real_byz=args.nb_real_byz,
-        gar=args.gar,
-        gar_args=parse_keyval(args.gar_args, "--gar-args"),
-        attack=args.attack,
-        attack_args=parse_keyval(args.attack_args, "--attack-args"),
-        momentum=args.momentum,
-        momentum_at=args.momentum_at,
-        momentum_nesterov=args.momentum_nesterov,
-        dampening=args.dampening,
-        learning_rate=args.learning_rate,
-        learning_rate_decay=args.learning_rate_decay,
-        learning_rate_decay_delta=args.learning_rate_decay_delta,
-        learning_rate_schedule=args.learning_rate_schedule,
-        l2_regularize=args.l2_regularize,
-        gradient_clip=None
-        if args.gradient_clip is None or args.gradient_clip <= 0
-        else args.gradient_clip,
-        clip_mode=args.clip_mode,
-        batch_size=args.batch_size,
-        nb_steps=args.nb_steps,
-        evaluation_delta=args.evaluation_delta,
-        dirichlet_alpha=args.dirichlet_alpha,
-        seed=args.seed,
-    )
+    """The run configuration the parsed flags describe (a negative seed drawn at random)."""
+    fields = cli.values(Config, args)
+    if fields["seed"] < 0:  # the paper's "random seed": drawn here and recorded
+        fields["seed"] = secrets.randbelow(2**31)
+    fields["dataset"] = DATASET_ALIASES.get(fields["dataset"], fields["dataset"])
+    return Config(**fields)
 
 
-def check_result_directory(path: str | None) -> Path | None:
-    """Refuse an existing, non-empty result directory (never overwrite silently)."""
+def options_from_args(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(**cli.values(RunOptions, args))
+
+
+# ---------------------------------------------------------------------------------------------- #
+# The result directory
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """Where a run starts: fresh, from a checkpoint of its own directory, or a loaded one."""
+
+    step: int = 0
+    checkpoint: tuple[Path, int] | None = None  # (checkpoints folder, step)
+    total: int | None = None  # the run's last step (more than nb_steps after a loaded state)
+
+
+def prepare_directory(path: str | None, config: Config) -> Start | None:
+    """Check the result directory: None when it is new or empty; where to resume when it holds
+    an interrupted run of the same configuration. Refuses any other non-empty directory."""
     if path is None:
         return None
     directory = Path(path)
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"--result-directory {path!r} is a file; fix: choose a directory")
+    if not directory.exists() or not any(directory.iterdir()):
+        return None
+    stored = directory / "config.json"
+    if not stored.is_file():
         raise ValueError(
-            f"--result-directory {path!r} already exists and is not empty; "
+            f"--result-directory {path!r} already exists and holds no jaxbyz run; "
             "fix: choose a new directory or remove this one"
         )
-    return directory
+    previous = json.loads(stored.read_text())
+    differing = sorted(k for k, v in config.to_dict().items() if previous.get(k, v) != v)
+    if differing:
+        first = differing[0]
+        raise ValueError(
+            f"--result-directory {path!r} already exists and holds another configuration "
+            f"({', '.join(differing)} differ; e.g. {first}: {previous.get(first)!r} there, "
+            f"{getattr(config, first)!r} here); fix: choose a new directory"
+        )
+    summary = directory / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("status") == "completed":
+        raise ValueError(
+            f"--result-directory {path!r} already exists and holds this run, completed; fix: "
+            "choose a new directory or remove this one"
+        )
+    from jaxbyz import checkpoint
+
+    folder = directory / "checkpoints"
+    step = checkpoint.latest(folder) if folder.is_dir() else None
+    if step is None:
+        return Start()
+    total = checkpoint.read_metadata(folder / str(step)).get("total_steps")
+    return Start(step=step, checkpoint=(folder, step), total=total)
 
 
 class ResultWriter:
-    """Writes the result files line by line, flushed, so an interrupted run keeps its results."""
+    """Writes the result files line by line, flushed, so an interrupted run keeps its results;
+    resuming at step ``s`` keeps the lines up to ``s`` and appends after them."""
 
-    def __init__(self, directory: Path | None, config: Config) -> None:
+    def __init__(self, directory: Path | None, config: Config, resume_at: int | None) -> None:
         self.directory = directory
+        self.study_on = config.nb_for_study > 0
         if directory is None:
             return
         directory.mkdir(parents=True, exist_ok=True)
-        _write_json(directory / "config.json", config.to_dict())
-        self._eval = open(directory / "eval.csv", "w", newline="")
-        self._study = open(directory / "study.csv", "w", newline="")
+        if resume_at is None:
+            _write_json(directory / "config.json", config.to_dict())
+        self._eval = _open_csv(directory / "eval.csv", ["step", "accuracy"], resume_at, True)
+        self._study = (
+            _open_csv(directory / "study.csv", ["step", *NAMES], resume_at, False)
+            if self.study_on
+            else None
+        )
         self._eval_csv = csv.writer(self._eval)
-        self._study_csv = csv.writer(self._study)
-        self._eval_csv.writerow(["step", "accuracy"])
-        self._study_csv.writerow(["step", *NAMES])
+        self._study_csv = csv.writer(self._study) if self._study else None
 
     def evaluation(self, step: int, accuracy: float) -> None:
         if self.directory is not None:
@@ -264,7 +214,7 @@ class ResultWriter:
             self._eval.flush()
 
     def study(self, first_step: int, study: dict[str, np.ndarray]) -> None:
-        if self.directory is None:
+        if self.directory is None or self._study_csv is None:
             return
         columns = [np.asarray(study[name]) for name in NAMES]
         for i in range(columns[0].shape[0]):
@@ -275,8 +225,28 @@ class ResultWriter:
         if self.directory is None:
             return
         self._eval.close()
-        self._study.close()
+        if self._study is not None:
+            self._study.close()
         _write_json(self.directory / "summary.json", summary)
+
+
+def _open_csv(path: Path, header: list[str], resume_at: int | None, inclusive: bool):
+    """``path`` opened for appending rows: new with ``header``, or on resuming at step ``s``
+    cut after its last complete row of step ``<= s`` (``inclusive``) or ``< s``."""
+    if resume_at is None or not path.exists():
+        handle = open(path, "w", newline="")
+        csv.writer(handle).writerow(header)
+        return handle
+    keep, lines = [], path.read_text().splitlines(keepends=True)
+    for line in lines[1:]:
+        if not line.endswith("\n"):
+            break  # cut short by the interruption
+        step = int(line.split(",", 1)[0])
+        if step > resume_at or (step == resume_at and not inclusive):
+            break
+        keep.append(line)
+    path.write_text(lines[0] + "".join(keep))
+    return open(path, "a", newline="")
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -285,37 +255,24 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def compile_programs(
-    sim: Any, key: jax.Array, hp: dict, data: dict
-) -> tuple[Callable, dict[int, Callable]]:
-    """The compiled start program (``key, data -> state, accuracy``) and one segment program
-    per segment length (``state, hp, data -> state, study, accuracy``; the state is donated).
-
-    With a mesh, the state keeps its layout from one program to the next (the worker momenta
-    split by rows, :meth:`jaxbyz.sharding.Layout.state_shardings`).
-    """
-    layout, state = sim.layout, jax.eval_shape(sim.init, key)
-    start_kw = layout.program_shardings(state, outputs=1)  # state, accuracy
-    segment_kw = layout.program_shardings(state, outputs=2)  # state, study, accuracy
-    start = jax.jit(functools.partial(_start, sim), **start_kw).lower(key, data).compile()
-    if start_kw:  # the segments receive the state as the start program returns it
-        state = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            state,
-            start_kw["out_shardings"][0],
-        )
-    segment = jax.jit(sim.segment, static_argnums=3, donate_argnums=0, **segment_kw)
-    segments = {
-        length: segment.lower(state, hp, data, length).compile()
-        for length in sorted(set(sim.segment_lengths()))
-    }
-    return start, segments
+# ---------------------------------------------------------------------------------------------- #
+# Running
 
 
-def _start(sim: Any, key: jax.Array, data: dict) -> tuple[Any, jax.Array]:
-    """The initial state and its accuracy (one program: initialisation and first evaluation)."""
-    state = sim.init(key)
-    return state, sim.evaluate(state, data)
+def resolve_device(spec: str) -> jax.Device | None:
+    """The device ``--device`` names (None for auto); refuses one JAX does not see."""
+    if spec == "auto":
+        return None
+    name, _, index = spec.partition(":")
+    platform = {"cuda": "gpu"}.get(name, name)
+    try:
+        return jax.devices(platform)[int(index or 0)]
+    except (RuntimeError, IndexError, ValueError):
+        seen = ", ".join(str(d) for d in jax.devices())
+        raise ValueError(
+            f"--device {spec!r} cannot be honoured: JAX sees no such device (devices: {seen}); "
+            "fix: --device auto"
+        ) from None
 
 
 def run(
@@ -323,6 +280,8 @@ def run(
     result_directory: str | None = None,
     progress: bool = True,
     shard_workers: bool = False,
+    checkpoint_delta: int = 0,
+    load_checkpoint: str | None = None,
 ) -> dict[str, Any]:
     """Validate, compile, run with a progress bar, write results; return the summary.
 
@@ -331,45 +290,65 @@ def run(
     """
     from tqdm import tqdm
 
+    from jaxbyz.driver import Driver
     from jaxbyz.sharding import to_host, worker_mesh
     from jaxbyz.simulator import make_simulation
 
     writes = jax.process_index() == 0
-    directory = check_result_directory(result_directory) if writes else None
-    sim = make_simulation(config, mesh=worker_mesh() if shard_workers else None)
+    start = (prepare_directory(result_directory, config) if writes else None) or Start()
+    loaded = None if start.checkpoint or load_checkpoint is None else _locate(load_checkpoint)
+    total = start.total or config.nb_steps
+    if loaded is not None:
+        total = loaded[1] + config.nb_steps
+    sim = make_simulation(
+        config.replace(nb_steps=total), mesh=worker_mesh() if shard_workers else None
+    )
+    driver = Driver(sim, checkpoint_delta=checkpoint_delta)
+    evaluated = {int(s) for s in sim.evaluation_steps()}
     hp = sim.layout.place(sim.default_hparams())
     key = sim.layout.place(jax.random.key(config.seed))
-
-    started = time.perf_counter()
     data = sim.arrays
-    start, segments = compile_programs(sim, key, hp, data)
-    state, accuracy = start(key, data)
-    compile_s = time.perf_counter() - started
 
-    writer = ResultWriter(directory, config)
+    programs = driver.compile(key, hp, data)
+    state, accuracy = programs.start(key, data)
+    step = 0
+    if start.checkpoint or loaded:
+        state, step = _restore(start.checkpoint or loaded, state)
+        accuracy = programs.evaluate(state, data) if loaded and step in evaluated else None
+    compile_s = programs.compile_seconds
+
+    resume_at = start.step if start.checkpoint else None
+    directory = Path(result_directory) if writes and result_directory else None
+    writer = ResultWriter(directory, config, resume_at)
     begun = time.perf_counter()
-    accuracy = float(to_host(accuracy))
-    writer.evaluation(0, accuracy)
-    curve = [(0, accuracy)]
-    step, status = 0, "completed"
+    curve = _read_curve(directory, step) if directory and resume_at is not None else []
+    if accuracy is not None:
+        accuracy = float(to_host(accuracy))
+        if np.isfinite(accuracy):  # NaN: step 0 is not evaluated (--evaluation-delta 0)
+            writer.evaluation(step, accuracy)
+            curve.append((step, accuracy))
+    status, first = "completed", step
     bar = tqdm(
-        total=config.nb_steps,
+        total=total,
+        initial=step,
         disable=not (progress and writes),
         unit="step",
         file=sys.stderr,
         dynamic_ncols=True,
     )
     try:
-        for length in sim.segment_lengths():
-            state, study, acc = segments[length](state, hp, data)
-            study = jax.tree.map(to_host, study)
-            writer.study(step, study)
-            step += length
-            accuracy = float(to_host(acc))
-            writer.evaluation(step, accuracy)
-            curve.append((step, accuracy))
-            bar.update(length)
-            bar.set_postfix(acc=f"{accuracy:.4f}", loss=f"{float(study['loss'][-1]):.3f}")
+        for result in driver.run(programs, state, hp, data, start=step):
+            study = jax.tree.map(to_host, result.study)
+            writer.study(result.segment.start, study)
+            step = result.segment.stop
+            if result.accuracy is not None:
+                accuracy = float(to_host(result.accuracy))
+                writer.evaluation(step, accuracy)
+                curve.append((step, accuracy))
+                bar.set_postfix(acc=f"{accuracy:.4f}", loss=f"{float(study['loss'][-1]):.3f}")
+            bar.update(result.segment.length)
+            if result.segment.checkpoint and directory is not None:
+                _save(directory / "checkpoints", step, result.state, config, total)
             if not np.isfinite(study["loss"]).all():
                 status = "diverged"
                 break
@@ -378,16 +357,17 @@ def run(
     finally:
         bar.close()
     run_s = time.perf_counter() - begun
-    best_step, best = max(curve, key=lambda p: (p[1], -p[0]))
+    best_step, best = max(curve, key=lambda p: (p[1], -p[0])) if curve else (-1, float("nan"))
     summary = {
         "status": status,
         "steps": step,
+        "first_step": first,
         "best_accuracy": best,
         "best_step": best_step,
-        "final_accuracy": curve[-1][1],
+        "final_accuracy": curve[-1][1] if curve else float("nan"),
         "compile_seconds": compile_s,
         "run_seconds": run_s,
-        "steps_per_second": step / run_s if run_s > 0 else float("nan"),
+        "steps_per_second": (step - first) / run_s if run_s > 0 else float("nan"),
         "variance_norm_bound": sim.bound,
         "parameters": sim.dim,
         "device": str(jax.devices()[0]),
@@ -398,15 +378,55 @@ def run(
     return summary
 
 
+def _locate(path: str) -> tuple[Path, int]:
+    from jaxbyz import checkpoint
+
+    return checkpoint.resolve(path)
+
+
+def _save(folder: Path, step: int, state: Any, config: Config, total: int) -> None:
+    from jaxbyz import checkpoint
+
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "step": step,
+        "total_steps": total,
+        "config": config.to_dict(),
+    }
+    checkpoint.save(folder, step, state, metadata)
+
+
+def _restore(where: tuple[Path, int], like: Any) -> tuple[Any, int]:
+    """The state saved at ``where`` (checkpoints folder, step), laid out like ``like``."""
+    from jaxbyz import checkpoint
+
+    folder, step = where
+    try:
+        state, _ = checkpoint.restore(folder, step, like)
+    except ValueError as err:
+        raise ValueError(
+            f"checkpoint {folder / str(step)} does not fit this run ({err}); fix: the same "
+            "dataset, model, workers and momentum placement as the checkpointed run"
+        ) from None
+    return state, int(np.asarray(state.step))
+
+
+def _read_curve(directory: Path, step: int) -> list[tuple[int, float]]:
+    """The evaluations already written up to ``step`` (resuming)."""
+    path = directory / "eval.csv"
+    rows = list(csv.reader(path.read_text().splitlines()[1:])) if path.exists() else []
+    return [(int(s), float(a)) for s, a in rows if int(s) <= step]
+
+
 def distributed_args(
-    args: argparse.Namespace,
+    options: RunOptions,
 ) -> tuple[str | None, int | None, int | None] | None:
     """``(coordinator_address, num_processes, process_id)`` for ``jax.distributed.initialize``
     from the host flags, None without them; a ValueError names a bad or missing flag."""
-    address, count, index = args.coordinator_address, args.num_processes, args.process_id
+    address, count, index = options.coordinator_address, options.num_processes, options.process_id
     if address is None and count is None and index is None:
         return None
-    if not args.shard_workers:
+    if not options.shard_workers:
         raise ValueError(
             "--coordinator-address/--num-processes/--process-id join several processes, which "
             "only helps with --shard-workers (without it each would run the whole simulation); "
@@ -432,31 +452,82 @@ def distributed_args(
     return address, count, index
 
 
+def check_options(options: RunOptions, config: Config) -> None:
+    """The run options that cannot be honoured, refused in one line."""
+    if isinstance(options.checkpoint_delta, bool) or options.checkpoint_delta < 0:
+        raise ValueError(
+            f"--checkpoint-delta must be an integer >= 0, got {options.checkpoint_delta!r}"
+        )
+    if options.checkpoint_delta and options.result_directory is None:
+        raise ValueError(
+            "--checkpoint-delta saves into the result directory; fix: add --result-directory"
+        )
+    if options.shard_workers and options.device != "auto":
+        raise ValueError(
+            f"--device {options.device} with --shard-workers: the workers are split over every "
+            "device; fix: drop --device"
+        )
+
+
+def dry_run(config: Config, options: RunOptions) -> None:
+    """Print the resolved configuration and where the data would come from; compile nothing."""
+    from jaxbyz.validation import check_config
+
+    rule, attack = check_config(config)
+    print(json.dumps({"config": config.to_dict(), "run": dataclasses.asdict(options)}, indent=2))
+    print(f"rule: {rule!r}; attack: {attack!r}")
+    print(f"data: {_data_status(config)}")
+
+
+def _data_status(config: Config) -> str:
+    from jaxbyz import data
+
+    if config.dataset == "synthetic":
+        return "generated"
+    if config.dataset not in data.IDX_URLS:
+        return "read through tensorflow-datasets when the run starts"
+    for folder in data.idx_folders(config.dataset, config.data_dir):
+        if data.idx_complete(folder):
+            return f"found in {folder}"
+    return "not found locally (the run would stop with the dataset's remedies)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m jaxbyz.train``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        config = config_from_args(args)
-        distributed = distributed_args(args)
+        config, options = config_from_args(args), options_from_args(args)
+        for note in cli.notes(RunOptions, options):
+            print(note, file=sys.stderr)
+        check_options(options, config)
+        device = resolve_device(options.device)
+        if options.dry_run:
+            dry_run(config, options)
+            return 0
+        distributed = distributed_args(options)
         # every process checks, before any can create it (process 0 does after the join)
-        check_result_directory(args.result_directory)
+        prepare_directory(options.result_directory, config)
         if distributed is not None:
             from jaxbyz.sharding import initialize_distributed
 
             initialize_distributed(*distributed)
-        summary = run(
-            config,
-            args.result_directory,
-            progress=not args.no_progress,
-            shard_workers=args.shard_workers,
-        )
+        with jax.default_device(device):
+            summary = run(
+                config,
+                options.result_directory,
+                progress=not options.no_progress,
+                shard_workers=options.shard_workers,
+                checkpoint_delta=options.checkpoint_delta,
+                load_checkpoint=options.load_checkpoint,
+            )
     except (ValueError, DatasetNotFoundError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(
         f"{summary['status']}: best top-1 accuracy {summary['best_accuracy']:.4f} at step "
-        f"{summary['best_step']}; {summary['steps']} steps in {summary['run_seconds']:.1f} s "
-        f"({summary['steps_per_second']:.1f} steps/s) + {summary['compile_seconds']:.1f} s compile"
+        f"{summary['best_step']}; {summary['steps'] - summary['first_step']} steps in "
+        f"{summary['run_seconds']:.1f} s ({summary['steps_per_second']:.1f} steps/s) + "
+        f"{summary['compile_seconds']:.1f} s compile"
     )
     return 0 if summary["status"] == "completed" else 1
 

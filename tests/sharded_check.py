@@ -119,7 +119,7 @@ def state_layout(mesh) -> dict[str, list[list]]:
     """The partition spec of the worker momenta between the programs of ``python -m
     jaxbyz.train`` (after the start program, after one segment), for 16 honest workers (splits
     evenly over 8 devices) and 15 (does not)."""
-    from jaxbyz.train import compile_programs
+    from jaxbyz.driver import Driver
 
     dataset = make_synthetic(n_train=2_000, n_test=500)
     specs = {}
@@ -138,13 +138,20 @@ def state_layout(mesh) -> dict[str, list[list]]:
         )
         sim = make_simulation(config, dataset, mesh)
         key, hp = sim.layout.place(jax.random.key(0)), sim.layout.place(sim.default_hparams())
-        start, segments = compile_programs(sim, key, hp, sim.arrays)
-        state, _ = start(key, sim.arrays)
-        seen = [state.worker_buffers.sharding.spec]
-        state, _, _ = next(iter(segments.values()))(state, hp, sim.arrays)
-        seen.append(state.worker_buffers.sharding.spec)
-        specs[f"h={sim.buffered_workers}"] = [list(spec) for spec in seen]
+        programs = Driver(sim).compile(key, hp, sim.arrays)
+        state, _ = programs.start(key, sim.arrays)
+        seen = [momenta(state).sharding.spec]
+        state, _ = next(iter(programs.steps.values()))(state, hp, sim.arrays)
+        seen.append(momenta(state).sharding.spec)
+        specs[f"h={sim.honest}"] = [list(spec) for spec in seen]
     return specs
+
+
+def momenta(state):
+    """The workers' momentum buffers ``[h, d]`` in the simulator's state."""
+    from jaxbyz import transforms
+
+    return transforms.velocity(state.worker_state)
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbyz import metrics, momentum, schedules
+from jaxbyz import metrics, momentum
 from jaxbyz.config import Config
 from jaxbyz.data import make_synthetic
 from jaxbyz.simulator import make_simulation, make_train
@@ -121,7 +121,7 @@ def test_label_flip_hook_runs_real_gradients():
     pytest.importorskip("jaxbyz.attacks.labelflip")
     config = small(attack="labelflip", nb_steps=5, evaluation_delta=5, momentum_at="worker")
     sim = make_simulation(config, DATA)
-    assert sim.label_flip and sim.grad_workers == 9
+    assert sim.poisoning and sim.grad_workers == 9
     out = jax.jit(sim.run)(jax.random.key(0))
     # flipped-label gradients are real gradients: finite and not aligned with honest ones
     assert np.isfinite(out["study"]["attack_norm"]).all()
@@ -129,49 +129,7 @@ def test_label_flip_hook_runs_real_gradients():
 
 
 # ---------------------------------------------------------------------------------------------- #
-# Momentum placements, schedules and metrics against NumPy written from the definitions
-
-
-def test_momentum_functions_match_definitions():
-    rng = np.random.default_rng(0)
-    g = rng.standard_normal((4, 6)).astype(np.float32)
-    mw = rng.standard_normal((4, 6)).astype(np.float32)
-    ms = rng.standard_normal(6).astype(np.float32)
-    beta, damp = 0.9, 0.3
-    sent, buf = momentum.submissions("worker", g, mw, ms, beta, damp)
-    np.testing.assert_allclose(sent, beta * mw + (1 - damp) * g, rtol=1e-6)
-    np.testing.assert_allclose(buf, sent)
-    sent, buf = momentum.submissions("server", g, mw, ms, beta, damp)
-    np.testing.assert_allclose(sent, (1 - damp) * g + beta * ms, rtol=1e-6)
-    sent, _ = momentum.submissions("update", g, mw, ms, beta, damp)
-    np.testing.assert_array_equal(sent, g)
-    a = rng.standard_normal(6).astype(np.float32)
-    direction, buf = momentum.server_step("update", a, ms, beta, damp)
-    np.testing.assert_allclose(direction, beta * ms + (1 - damp) * a, rtol=1e-6)
-    direction, buf = momentum.server_step("server", a, ms, beta, damp)
-    np.testing.assert_array_equal(buf, a)
-    theta = rng.standard_normal(6).astype(np.float32)
-    pts = momentum.gradient_points("worker", theta, ms, mw, 0.1, beta, True)
-    np.testing.assert_allclose(pts, theta[None] - 0.1 * beta * mw, rtol=1e-6)
-    pts = momentum.gradient_points("update", theta, ms, mw, 0.1, beta, True)
-    np.testing.assert_allclose(pts, theta - 0.1 * beta * ms, rtol=1e-6)
-
-
-def test_hyperbolic_schedule_recomputed_every_delta():
-    schedule = schedules.hyperbolic(decay=100, decay_delta=30)
-    for t in (0, 29, 30, 61, 300):
-        expected = 0.5 / (1 + (t - t % 30) / 100)
-        assert float(schedule(jnp.int32(t), 0.5)) == pytest.approx(expected, rel=1e-6)
-    assert float(schedules.hyperbolic(0, 1)(jnp.int32(1000), 0.5)) == pytest.approx(0.5)
-
-
-def test_piecewise_schedule():
-    points = schedules.parse_piecewise("0.1,10,0.01,20,0.001")
-    schedule = schedules.piecewise(points)
-    got = [float(schedule(jnp.int32(t), 0.1)) for t in (0, 9, 10, 19, 20, 99)]
-    np.testing.assert_allclose(got, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
-    with pytest.raises(ValueError, match="strictly increasing"):
-        schedules.parse_piecewise("0.1,10,0.01,5,0.001")
+# Metrics against NumPy written from the definitions (the transforms: tests/test_transforms.py)
 
 
 def test_study_metrics_match_numpy():
@@ -179,7 +137,8 @@ def test_study_metrics_match_numpy():
     S, H, B = (rng.standard_normal((k, 8)).astype(np.float32) for k in (5, 5, 2))
     agg = rng.standard_normal(8).astype(np.float32)
     accepted = np.array([1, 1, 0, 1, 0, 1, 0], np.float32)
-    out = metrics.study(
+    past = rng.standard_normal((3, 8)).astype(np.float32)  # means of steps 3, 4, 2 (t mod 3)
+    out, new_past = metrics.study(
         sampled=S,
         honest=H,
         byzantine=B,
@@ -188,6 +147,9 @@ def test_study_metrics_match_numpy():
         loss=jnp.float32(1.0),
         l2_from_origin=jnp.float32(2.0),
         learning_rate=jnp.float32(0.1),
+        past=past,
+        step=jnp.int32(5),
+        momentum=jnp.float32(0.9),
     )
 
     def summary(X):
@@ -204,3 +166,25 @@ def test_study_metrics_match_numpy():
     cos = hm @ bm / (hn * bn)
     assert float(out["cos_honest_attack"]) == pytest.approx(cos, rel=1e-4, abs=1e-6)
     assert float(out["byzantine_accepted"]) == pytest.approx(0.5)
+    # the paper's window of past sampled means: most recent first (steps 4, 3, 2)
+    sm = S.astype(np.float64).mean(0)
+    recent = [past[1], past[0], past[2]]
+    curvature = 0.9 * sum(0.9**i * sm @ p for i, p in enumerate(recent))
+    assert float(out["sampled_curvature"]) == pytest.approx(curvature, rel=1e-4)
+    cos = sm @ past[1] / (np.linalg.norm(sm) * np.linalg.norm(past[1]))
+    assert float(out["cos_sampled_prev"]) == pytest.approx(cos, rel=1e-4)
+    np.testing.assert_allclose(new_past[2], sm, rtol=1e-5)  # step 5 goes to row 5 mod 3
+
+
+def test_past_window_before_it_fills():
+    """At step 1 of a window of 4, only the mean of step 0 counts; at step 0, nothing."""
+    mean, past = np.ones(3, np.float32), np.zeros((4, 3), np.float32)
+    past[0] = 2.0
+    prev_cos, curvature, _ = metrics.past_study(
+        jnp.asarray(mean), jnp.float32(np.sqrt(3)), past, jnp.int32(1), jnp.float32(0.5)
+    )
+    assert float(curvature) == pytest.approx(0.5 * 6.0) and float(prev_cos) == pytest.approx(1.0)
+    prev_cos, curvature, _ = metrics.past_study(
+        jnp.asarray(mean), jnp.float32(np.sqrt(3)), past, jnp.int32(0), jnp.float32(0.5)
+    )
+    assert np.isnan(curvature) and np.isnan(prev_cos)

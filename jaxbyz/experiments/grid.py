@@ -27,8 +27,9 @@ The baseline (El-Mhamdi et al., ICLR 2021, Section 4; ``reproduce.py``): for eve
 setting, the same run with the n - f honest workers only, the average and no attack; its best
 accuracy is the reference ``ref`` of the paper's headline statistic.
 
-Runs that differ only in traced hyper-parameters (learning rate, momentum, dampening, l2 factor,
-seed, attack factor) share one compiled program (``program_key``).
+Runs that differ only in traced hyper-parameters (:class:`jaxbyz.config.HyperParams`: learning
+rate, momentum, dampening, regularisation factors, weight decay, attack factor) and seed share
+one compiled program (``program_key``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from jaxbyz.config import Config
+from jaxbyz.config import GATED, TRACED_ATTACK_ARGS, TRACED_FIELDS, Config, identity_dict
 
 try:
     import tomllib
@@ -52,9 +53,6 @@ except ImportError:  # Python 3.10: the same parser as the tomli package
 PRESET_DIR = Path(__file__).resolve().parents[2] / "experiments" / "presets"
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 META_KEYS = ("name", "description", "baseline", "include", "axis", "seeds")
-# fields vmapped over inside one program (traced ``hparams`` of Simulation.run, and the key)
-TRACED_FIELDS = ("learning_rate", "momentum", "dampening", "l2_regularize", "seed")
-TRACED_ATTACK_ARGS = ("factor",)
 BASELINE_RULE = "average"
 BASELINE_ATTACK = "nan"
 # (a, b): the rule needs n >= a * f + b; used only where the rule registry lacks the rule
@@ -74,8 +72,9 @@ MIN_WORKERS = {
 
 
 def config_id(config: Config) -> str:
-    """A stable 12-hex-digit identifier of ``config`` (its data folder excluded)."""
-    payload = {k: v for k, v in config.to_dict().items() if k != "data_dir"}
+    """A stable 12-hex-digit identifier of ``config`` (its data folder excluded; fields added
+    to ``Config`` later count only when set to another value than their default)."""
+    payload = {k: v for k, v in identity_dict(config).items() if k != "data_dir"}
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
@@ -128,11 +127,17 @@ class Run:
 
 
 def program_key(config: Config) -> str:
-    """The static part of ``config``: runs with equal keys compile to one program."""
-    payload = config.to_dict()
+    """The static part of ``config``: runs with equal keys compile to one program. The traced
+    hyper-parameters (:class:`jaxbyz.config.HyperParams`) and the seed are left out (the seed
+    stays when it draws the Dirichlet partition, a host-side array); of the gated ones, only
+    whether they are on."""
+    payload = identity_dict(config)
     for name in TRACED_FIELDS:
-        if name != "seed" or config.dirichlet_alpha is None:  # the partition depends on the seed
-            payload.pop(name)
+        payload.pop(name, None)
+        if name in GATED:
+            payload[f"{name}_on"] = bool(getattr(config, name))
+    if config.dirichlet_alpha is None:
+        payload.pop("seed")
     payload["attack_args"] = {
         k: v for k, v in config.attack_args.items() if k not in TRACED_ATTACK_ARGS
     }

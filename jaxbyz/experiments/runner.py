@@ -1,35 +1,22 @@
-"""Batched, resumable execution of a sweep.
+"""Scheduling a sweep: batched, resumable execution of its runs on the local devices.
 
-Runs that share every static field run as one compiled program, ``jit(vmap(Simulation.run))`` over
-their seeds and traced hyper-parameters (learning rate, momentum, dampening, l2 factor, attack
-factor), in batches of at most ``max_batch``. Programs are built (traced, lowered and compiled)
-ahead of time by a pool of ``compile_workers`` threads, a few programs ahead of the one running,
-so compilation overlaps execution and uses several cores (XLA compiles outside the GIL; on an
-accelerator compiling is most of a small grid's time). Batches are placed with ``jax.device_put``
-and dispatched asynchronously: each program goes to the next device in turn (so it compiles once),
-and at most one batch per device is in flight.
-
-Storage (``Store``): each finished batch is one file ``parts/<id>.npz`` written to a temporary name
-then renamed (``os.replace``), so a sweep killed at any moment (SIGKILL included) loses at most
-the batches in flight, and a rerun skips every run found in ``parts/``. The run table
-``runs.csv`` (one row per run) and the curves ``curves.csv.gz`` (per run and evaluation step: top-1
-accuracy, and the mean loss, variance-norm ratio of the honest submissions and of the sampled
-gradients over the steps since the previous evaluation)
-are rebuilt from the parts. A run that raises, or whose loss becomes non-finite, is recorded with
-its status ("error" or "diverged") and the reason, and the sweep goes on.
-
-The statistics per run follow the paper's code (El-Mhamdi et al., ICLR 2021; its ``study.py``):
-the best top-1 cross-accuracy, and the share of steps whose honest variance-norm ratio is under
-the rule's bound (``paper_share_under_bound`` also requires the loss not to exceed its initial
-value, as ``reproduce.py`` counts "ratio validated" steps).
+Runs that share every static field are one program (:func:`jaxbyz.experiments.grid.program_key`),
+run by the same driver as a single run (:class:`jaxbyz.driver.Driver`), vmapped over their seeds
+and traced hyper-parameters (:class:`jaxbyz.config.HyperParams`), in batches of at most
+``max_batch``. Programs are built (traced, lowered and compiled) ahead of time by a pool of
+``compile_workers`` threads, a few programs ahead of the one running, so compilation overlaps
+execution and uses several cores (XLA compiles outside the GIL; on an accelerator compiling is
+most of a small grid's time). Batches are placed with ``jax.device_put`` and dispatched
+asynchronously: each program goes to the next device in turn (so it compiles once), and at most
+one batch per device is in flight. Finished batches go to the sweep's :class:`Store`
+(:mod:`jaxbyz.experiments.storage`), their rows computed by :mod:`jaxbyz.experiments.summaries`;
+a run that raises, or whose loss becomes non-finite, is recorded with its status and reason and
+the sweep goes on.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
-import json
 import os
 import sys
 import threading
@@ -43,273 +30,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 
 from jaxbyz import data as data_lib
-from jaxbyz.config import Config, validate
-from jaxbyz.experiments.grid import (
-    TRACED_ATTACK_ARGS,
-    Grid,
-    Program,
-    Run,
-    chunks,
-    group_programs,
-    program_id,
-)
+from jaxbyz.config import Config, HyperParams
+from jaxbyz.driver import Driver, Programs, concatenate_studies
+from jaxbyz.experiments.grid import Grid, Program, Run, chunks, group_programs
+from jaxbyz.experiments.storage import Curves, Store
+from jaxbyz.experiments.summaries import config_row, error_result, segment_means, summarize
+from jaxbyz.validation import check_config
+
+__all__ = ["Store", "Sweep", "SweepStats", "config_row", "resolve_devices"]
 
 Log = Callable[[str], None]
 DATA_KEYS = ("train_x", "train_y", "test_inputs", "test_y")
-RESULT_COLUMNS = (
-    "status",
-    "reason",
-    "best_accuracy",
-    "best_step",
-    "final_accuracy",
-    "final_loss",
-    "diverged_step",
-    "mean_ratio",
-    "mean_sampled_ratio",
-    "bound",
-    "share_under_bound",
-    "paper_share_under_bound",
-    "wall_s",
-    "batch_size",
-    "device",
-)
-
-
-# ---------------------------------------------------------------------------------------------- #
-# Rows and curves
-
-
-def config_row(run: Run) -> dict[str, Any]:
-    """The identifying columns of a run: ids, role and every configuration field."""
-    row: dict[str, Any] = {
-        "run_id": run.id,
-        "name": run.name,
-        "role": run.role,
-        "pair_id": run.pair_id if run.role == "attacked" else "",
-        "baseline_id": run.baseline_id if run.role == "attacked" else "",
-        "program_id": program_id(run.config),
-    }
-    for key, value in run.config.to_dict().items():
-        row[key] = json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
-    return row
-
-
-def segment_means(values: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """Per evaluation step, the mean of the per-step ``values`` since the previous evaluation
-    (NaN at step 0); non-finite values are ignored."""
-    out = np.full(len(steps), np.nan, np.float32)
-    for j in range(1, len(steps)):
-        part = values[steps[j - 1] : steps[j]]
-        part = part[np.isfinite(part)]
-        if part.size:
-            out[j] = part.mean()
-    return out
-
-
-def summarize(
-    accuracy: np.ndarray,
-    loss: np.ndarray,
-    ratio: np.ndarray,
-    sampled_ratio: np.ndarray,
-    theta_finite: bool,
-    steps: np.ndarray,
-    bound: float | None,
-) -> dict[str, Any]:
-    """The result columns of one run from its accuracy curve and per-step loss and ratio."""
-    bad = np.flatnonzero(~np.isfinite(loss))
-    diverged = bad.size > 0 or not theta_finite
-    first_bad = int(bad[0]) if bad.size else len(loss)
-    valid = (steps <= first_bad) & np.isfinite(accuracy)
-    if valid.any():
-        best = int(np.argmax(np.where(valid, accuracy, -np.inf)))  # first maximum: earliest step
-        best_accuracy, best_step = float(accuracy[best]), int(steps[best])
-    else:
-        best_accuracy, best_step = float("nan"), -1
-    if bound is None:
-        share = paper_share = float("nan")
-    else:
-        share = float(np.mean(ratio < bound))
-        paper_share = float(np.mean((ratio < bound) & (loss <= loss[0])))
-    return {
-        "status": "diverged" if diverged else "completed",
-        "reason": f"non-finite loss from step {first_bad}" if diverged else "",
-        "best_accuracy": best_accuracy,
-        "best_step": best_step,
-        "final_accuracy": float(accuracy[-1]),
-        "final_loss": float(loss[-1]),
-        "diverged_step": first_bad if diverged else -1,
-        "mean_ratio": _finite_mean(ratio),
-        "mean_sampled_ratio": _finite_mean(sampled_ratio),
-        "bound": float("nan") if bound is None else float(bound),
-        "share_under_bound": share,
-        "paper_share_under_bound": paper_share,
-    }
-
-
-def _finite_mean(values: np.ndarray) -> float:
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if finite.size else float("nan")
-
-
-def error_result(reason: str) -> dict[str, Any]:
-    """The result columns of a run that raised."""
-    nan = float("nan")
-    return {
-        "status": "error",
-        "reason": reason,
-        "best_accuracy": nan,
-        "best_step": -1,
-        "final_accuracy": nan,
-        "final_loss": nan,
-        "diverged_step": -1,
-        "mean_ratio": nan,
-        "mean_sampled_ratio": nan,
-        "bound": nan,
-        "share_under_bound": nan,
-        "paper_share_under_bound": nan,
-    }
-
-
-# ---------------------------------------------------------------------------------------------- #
-# Storage
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` through a temporary file and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fd:
-        fd.write(payload)
-        fd.flush()
-        os.fsync(fd.fileno())
-    os.replace(tmp, path)
-
-
-@dataclasses.dataclass
-class Curves:
-    """The curves of one run, one value per evaluation step."""
-
-    steps: np.ndarray
-    accuracy: np.ndarray
-    loss: np.ndarray
-    ratio: np.ndarray
-    sampled_ratio: np.ndarray
-
-
-class Store:
-    """A sweep's output folder: ``parts/`` (one file per finished batch), the rebuilt tables."""
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.parts = self.root / "parts"
-
-    def write_part(self, rows: list[dict[str, Any]], curves: dict[str, Curves]) -> Path:
-        """One finished batch, atomically: its rows and the curves of its runs."""
-        self.parts.mkdir(parents=True, exist_ok=True)
-        ids = sorted(r["run_id"] for r in rows)
-        stamp = f"{time.time_ns()}-{hashlib.sha1(''.join(ids).encode()).hexdigest()[:12]}"
-        ordered = [c for c in (curves.get(r["run_id"]) for r in rows) if c is not None]
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            rows=np.array(json.dumps(rows, default=_json_default)),
-            run_ids=np.array([r["run_id"] for r in rows if r["run_id"] in curves], dtype=str),
-            steps=ordered[0].steps if ordered else np.zeros(0, np.int64),
-            accuracy=np.stack([c.accuracy for c in ordered]) if ordered else np.zeros((0, 0)),
-            loss=np.stack([c.loss for c in ordered]) if ordered else np.zeros((0, 0)),
-            ratio=np.stack([c.ratio for c in ordered]) if ordered else np.zeros((0, 0)),
-            sampled_ratio=np.stack([c.sampled_ratio for c in ordered])
-            if ordered
-            else np.zeros((0, 0)),
-        )
-        path = self.parts / f"{stamp}.npz"
-        atomic_write_bytes(path, buffer.getvalue())
-        return path
-
-    def load(self) -> tuple[dict[str, dict[str, Any]], dict[str, Curves]]:
-        """Every recorded run (a later part supersedes an earlier one for the same run)."""
-        rows: dict[str, dict[str, Any]] = {}
-        curves: dict[str, Curves] = {}
-        for stale in self.parts.glob(".*.tmp"):  # writes cut short by a kill
-            if not _alive(stale.suffixes[-2].lstrip(".")):
-                stale.unlink(missing_ok=True)
-        for path in sorted(self.parts.glob("*.npz")):
-            with np.load(path, allow_pickle=False) as part:
-                for row in json.loads(str(part["rows"])):
-                    rows[row["run_id"]] = row
-                    curves.pop(row["run_id"], None)
-                # parts written before the sampled ratio was recorded have none
-                sampled = part["sampled_ratio"] if "sampled_ratio" in part.files else None
-                for i, run_id in enumerate(part["run_ids"]):
-                    curves[str(run_id)] = Curves(
-                        part["steps"],
-                        part["accuracy"][i],
-                        part["loss"][i],
-                        part["ratio"][i],
-                        np.full_like(part["ratio"][i], np.nan) if sampled is None else sampled[i],
-                    )
-        return rows, curves
-
-    def write_tables(
-        self, rows: dict[str, dict[str, Any]], curves: dict[str, Curves] | None = None
-    ) -> None:
-        """Rebuild ``runs.csv`` and (given ``curves``) ``curves.csv.gz``, atomically."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        table = pd.DataFrame(list(rows.values()))
-        atomic_write_bytes(self.root / "runs.csv", table.to_csv(index=False).encode())
-        if curves is None:
-            return
-        frames = [
-            pd.DataFrame(
-                {
-                    "run_id": run_id,
-                    "step": c.steps,
-                    "accuracy": c.accuracy,
-                    "loss": c.loss,
-                    "ratio": c.ratio,
-                    "sampled_ratio": c.sampled_ratio,
-                }
-            )
-            for run_id, c in curves.items()
-        ]
-        long = (
-            pd.concat(frames, ignore_index=True)
-            if frames
-            else pd.DataFrame(
-                columns=["run_id", "step", "accuracy", "loss", "ratio", "sampled_ratio"]
-            )
-        )
-        buffer = io.BytesIO()
-        long.to_csv(buffer, index=False, compression={"method": "gzip", "mtime": 0})
-        atomic_write_bytes(self.root / "curves.csv.gz", buffer.getvalue())
-
-    def read_meta(self) -> dict[str, Any]:
-        path = self.root / "sweep.json"
-        return json.loads(path.read_text()) if path.exists() else {}
-
-    def write_meta(self, meta: dict[str, Any]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        payload = json.dumps(meta, indent=2, default=_json_default) + "\n"
-        atomic_write_bytes(self.root / "sweep.json", payload.encode())
-
-
-def _alive(pid: str) -> bool:
-    """Whether process ``pid`` (from a temporary file's name) still runs."""
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)
 
 
 # ---------------------------------------------------------------------------------------------- #
@@ -352,48 +85,34 @@ def enable_compilation_cache(folder: str | Path | None) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def program_function(sim: Any) -> Callable[..., dict[str, jax.Array]]:
-    """``(arrays, keys [B], hparams [B]) -> outputs [B, ...]``: the vmapped run of ``sim``.
-
-    The data arrays are an argument, not closed-over constants, so that one program serves any
-    device and the data is not embedded in the compiled code.
-    """
-
-    def program(arrays, keys, hparams):
-        bound = dataclasses.replace(sim, arrays=arrays)
-        out = jax.vmap(bound.run)(keys, hparams)
-        return {
-            "accuracy": out["accuracy"],
-            "loss": out["study"]["loss"],
-            "ratio": out["study"]["variance_norm_ratio"],
-            "sampled_ratio": out["study"]["sampled_deviation"] / out["study"]["sampled_norm"],
-            "theta_finite": jnp.all(jnp.isfinite(out["theta"]), axis=1),
-        }
-
-    return program
-
-
-def run_hparams(config: Config, attack: Any, sim: Any) -> dict[str, Any]:
-    """The traced hyper-parameters of one run (``Simulation.run``'s ``hparams``)."""
-    lr = config.learning_rate
-    if config.learning_rate_schedule is not None:
-        lr = float(sim.default_hparams()["learning_rate"])
-    traced = {k: attack.params[k] for k in TRACED_ATTACK_ARGS if k in config.attack_args}
-    return {
-        "learning_rate": lr,
-        "momentum": config.momentum,
-        "dampening": config.dampening,
-        "l2_regularize": config.l2_regularize,
-        "attack": traced,
-    }
-
-
-def stack_inputs(runs: Sequence[Run], hparams: Sequence[dict[str, Any]], device: jax.Device):
+def stack_inputs(runs: Sequence[Run], hparams: Sequence[HyperParams], device: jax.Device):
     """Batched keys and hyper-parameters of ``runs``, placed on ``device``."""
     seeds = np.array([r.config.seed for r in runs], np.uint32)
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
     stacked = jax.tree.map(lambda *v: np.asarray(v, np.float32), *hparams)
     return jax.device_put((keys, stacked), device)
+
+
+def dispatch(driver: Driver, programs: Programs, data: dict, keys: jax.Array, hp: HyperParams):
+    """Start the batch's runs, segment by segment, asynchronously: the outputs a sweep keeps,
+    as device arrays (reading them waits for the runs)."""
+    state, accuracy = programs.start(keys, data)
+    accuracies = [accuracy[:, None]] if driver.sim.evaluation_steps()[0] == 0 else []
+    studies = []
+    for result in driver.run(programs, state, hp, data):
+        study, state = result.study, result.state
+        studies.append({k: study[k] for k in KEPT_METRICS})
+        if result.accuracy is not None:
+            accuracies.append(result.accuracy[:, None])
+    return {
+        "accuracy": accuracies,
+        "studies": studies,
+        "theta_finite": _rows_finite(state.theta),
+    }
+
+
+KEPT_METRICS = ("loss", "variance_norm_ratio", "sampled_deviation", "sampled_norm")
+_rows_finite = jax.jit(lambda theta: jnp.all(jnp.isfinite(theta), axis=-1))
 
 
 # ---------------------------------------------------------------------------------------------- #
@@ -581,7 +300,7 @@ class Sweep:
 
         first = program.runs[0].config
         try:
-            attacks = {r.id: validate(r.config)[1] for r in program.runs}
+            attacks = {r.id: check_config(r.config)[1] for r in program.runs}
             sim = make_simulation(first, self.dataset(first))
         except Exception as err:  # invalid configuration or missing data: every run fails
             return {"error": f"{type(err).__name__}: {err}", "label": program.label}
@@ -589,7 +308,9 @@ class Sweep:
         sim = dataclasses.replace(
             sim, arrays={k: v for k, v in sim.arrays.items() if k not in DATA_KEYS}
         )
-        hparams = {r.id: run_hparams(r.config, attacks[r.id], sim) for r in program.runs}
+        hparams = {
+            r.id: HyperParams.from_config(r.config, attacks[r.id].params) for r in program.runs
+        }
         return {
             "sim": sim,
             "hparams": hparams,
@@ -622,16 +343,15 @@ class Sweep:
         return self._device_arrays(sim, device), keys, hps
 
     def _compiled(self, prepared: dict[str, Any], args: tuple, device: jax.Device, size: int):
-        """The program's executable for this batch size and device (lowered and compiled once;
-        a hit in the persistent cache counts as a compilation, a short one)."""
+        """The driver and compiled programs for this batch size and device (lowered and compiled
+        once; a hit in the persistent cache counts as a compilation, a short one)."""
         cache = prepared["compiled"]
         if (size, device.id) not in cache:
-            begun = time.perf_counter()
-            fn = jax.jit(program_function(prepared["sim"]))
-            cache[size, device.id] = fn.lower(*args).compile()
-            prepared.setdefault("compile_log", []).append(
-                (size, device, time.perf_counter() - begun)
-            )
+            driver = Driver(prepared["sim"], batch=size)
+            data, keys, hps = args
+            programs = driver.compile(keys, hps, data)
+            cache[size, device.id] = driver, programs
+            prepared.setdefault("compile_log", []).append((size, device, programs.compile_seconds))
         return cache[size, device.id]
 
     def _record_compiles(self, prepared: dict[str, Any]) -> None:
@@ -654,10 +374,10 @@ class Sweep:
         batch.steps, batch.bound = np.asarray(sim.evaluation_steps()), sim.bound
         try:
             args = self._inputs(prepared, runs, device)
-            compiled = self._compiled(prepared, args, device, len(runs))
+            driver, programs = self._compiled(prepared, args, device, len(runs))
             self._record_compiles(prepared)
             batch.started = time.perf_counter()
-            batch.outputs = compiled(*args)  # asynchronous dispatch
+            batch.outputs = dispatch(driver, programs, *args)
         except Exception as err:
             batch.error = f"{type(err).__name__}: {err}"
             if not prepared["compiled"]:
@@ -670,7 +390,7 @@ class Sweep:
         curves: dict[str, Curves] = {}
         if batch.error is None:
             try:
-                out = jax.device_get(batch.outputs)
+                out = outputs(jax.device_get(batch.outputs))
             except Exception as err:
                 batch.error = f"{type(err).__name__}: {err}"
         wall = time.perf_counter() - batch.started
@@ -694,7 +414,7 @@ class Sweep:
                     segment_means(out["ratio"][i], batch.steps),
                     segment_means(out["sampled_ratio"][i], batch.steps),
                 )
-            result.update(wall_s=wall / len(batch.runs), batch_size=len(batch.runs))
+            result.update(wall_s=wall / len(batch.runs), runs_in_batch=len(batch.runs))
             result["device"] = str(batch.device)
             results.append({**config_row(run), **result})
         self.store.write_part(results, curves)
@@ -714,3 +434,16 @@ class Sweep:
         bar.update(len(results))
         best = [r["best_accuracy"] for r in results if np.isfinite(r["best_accuracy"])]
         bar.set_postfix(program=batch.program.label[:40], acc=f"{max(best, default=0):.3f}")
+
+
+def outputs(fetched: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A batch's fetched outputs as ``[B, ...]`` arrays: accuracies at the evaluation steps,
+    per-step loss and variance-norm ratios (honest submissions, sampled gradients)."""
+    study = concatenate_studies(fetched["studies"])
+    return {
+        "accuracy": np.concatenate(fetched["accuracy"], axis=1),
+        "loss": study["loss"],
+        "ratio": study["variance_norm_ratio"],
+        "sampled_ratio": study["sampled_deviation"] / study["sampled_norm"],
+        "theta_finite": fetched["theta_finite"],
+    }

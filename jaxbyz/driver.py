@@ -1,0 +1,184 @@
+"""One driver for every way jaxbyz runs a simulation: compile its programs once, run them
+segment by segment.
+
+A run is cut into segments at its evaluation steps (and, for the train CLI, its checkpoint
+steps). Three programs serve any run, each compiled ahead of time (``jit(...).lower().compile()``,
+so compilation is measured apart from running):
+
+- ``start(keys, data) -> (state, accuracy)``: the initial state and its evaluation (NaN when
+  step 0 is not evaluated: ``--evaluation-delta 0``);
+- ``steps[length](state, hp, data) -> (state, study)``: ``length`` steps as one ``lax.scan``, with
+  the per-step study metrics; the state is donated (updated in place); one program per distinct
+  segment length (usually one);
+- ``evaluate(state, data) -> accuracy``.
+
+``batch=None`` runs one run (``python -m jaxbyz.train``, the benchmarks); ``batch=B`` vmaps the
+three programs over ``B`` runs that share every static field (the sweep): their keys and their
+traced hyper-parameters (:class:`jaxbyz.config.HyperParams`) carry a leading axis ``B``. With a
+device mesh (``--shard-workers``), the state keeps its layout between programs
+(:meth:`jaxbyz.sharding.Layout.state_shardings`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxbyz.simulator import Simulation
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """Steps ``[start, stop)``, then an evaluation and/or a checkpoint at ``stop``."""
+
+    start: int
+    stop: int
+    evaluate: bool
+    checkpoint: bool
+
+    @property
+    def length(self) -> int:
+        return self.stop - self.start
+
+
+def segments(sim: Simulation, checkpoint_delta: int = 0, start: int = 0) -> list[Segment]:
+    """The segments of ``sim``'s run from step ``start``: cut at every evaluation step and
+    every multiple of ``checkpoint_delta`` (0: none)."""
+    total = sim.config.nb_steps
+    evaluations = {int(s) for s in sim.evaluation_steps()}
+    checkpoints = (
+        set(range(checkpoint_delta, total, checkpoint_delta)) if checkpoint_delta else set()
+    )
+    cuts = sorted(s for s in evaluations | checkpoints | {total} if start < s <= total)
+    bounds = [start, *cuts]
+    return [
+        Segment(a, b, evaluate=b in evaluations, checkpoint=b in checkpoints)
+        for a, b in itertools.pairwise(bounds)
+    ]
+
+
+@dataclasses.dataclass
+class Programs:
+    """The compiled programs of one simulation (and batch size), with their compile time."""
+
+    start: Any
+    steps: dict[int, Any]
+    evaluate: Any
+    compile_times: dict[str, float]  # seconds per program: start, steps[length], evaluate
+
+    @property
+    def compile_seconds(self) -> float:
+        return sum(self.compile_times.values())
+
+
+@dataclasses.dataclass
+class Result:
+    """What one segment returns: the step reached, its study metrics (``[length]`` per name,
+    ``[B, length]`` in a batch), the accuracy when evaluated, and the state."""
+
+    segment: Segment
+    study: dict[str, Array]
+    accuracy: Array | None
+    state: Any
+
+
+class Driver:
+    """Compiles and runs the programs of ``sim`` (one run, or ``batch`` runs vmapped)."""
+
+    def __init__(self, sim: Simulation, batch: int | None = None, checkpoint_delta: int = 0):
+        self.sim, self.batch, self.checkpoint_delta = sim, batch, checkpoint_delta
+
+    def segments(self, start: int = 0) -> list[Segment]:
+        return segments(self.sim, self.checkpoint_delta, start)
+
+    # -- the traced functions ------------------------------------------------------------------ #
+
+    def _vmapped(self, fn: Any, in_axes: tuple) -> Any:
+        return fn if self.batch is None else jax.vmap(fn, in_axes=in_axes)
+
+    def _start(self, key: Array, data: dict) -> tuple[Any, Array]:
+        """The initial state, and its accuracy when step 0 is evaluated (else NaN)."""
+        state = self.sim.init(key)
+        if self.sim.evaluation_steps()[0] > 0:
+            return state, jax.numpy.full((), jax.numpy.nan, jax.numpy.float32)
+        return state, self.sim.evaluate(state, data)
+
+    def _steps(self, state: Any, hp: Any, data: dict, length: int) -> tuple[Any, dict]:
+        return self.sim.steps(state, hp, data, length)
+
+    # -- compilation ----------------------------------------------------------------------------- #
+
+    def compile(self, key: Array, hp: Any, data: dict, lengths: set[int] | None = None) -> Programs:
+        """Lower and compile the three programs for arguments like ``key``, ``hp`` and
+        ``data`` (``lengths``: the segment lengths to compile; default: the whole run's)."""
+        times, clock = {}, _Clock()
+        sim, layout = self.sim, self.sim.layout
+        if lengths is None:
+            lengths = {s.length for s in self.segments()}
+        state = jax.eval_shape(self._vmapped(sim.init, (0,)), key)
+        start_kw = layout.program_shardings(state, outputs=1) if self.batch is None else {}
+        start = jax.jit(self._vmapped(self._start, (0, None)), **start_kw)
+        start = start.lower(key, data).compile()
+        times["start"] = clock.lap()
+        if start_kw:  # the later programs receive the state as the start program returns it
+            state = jax.tree.map(
+                lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                state,
+                start_kw["out_shardings"][0],
+            )
+        steps_kw = layout.program_shardings(state, outputs=1) if self.batch is None else {}
+        steps = {}
+        for length in sorted(lengths):
+            fn = self._vmapped(functools.partial(self._steps, length=length), (0, 0, None))
+            steps[length] = (
+                jax.jit(fn, donate_argnums=0, **steps_kw).lower(state, hp, data).compile()
+            )
+            times[f"steps[{length}]"] = clock.lap()
+        evaluate = jax.jit(self._vmapped(sim.evaluate, (0, None))).lower(state, data).compile()
+        times["evaluate"] = clock.lap()
+        return Programs(start, steps, evaluate, times)
+
+    # -- running --------------------------------------------------------------------------------- #
+
+    def run(
+        self,
+        programs: Programs,
+        state: Any,
+        hp: Any,
+        data: dict,
+        start: int = 0,
+    ) -> Iterator[Result]:
+        """Run the segments from step ``start`` (``state`` is the state at that step), yielding
+        each segment's result as soon as it is dispatched (JAX runs asynchronously: reading a
+        result waits for it)."""
+        for segment in self.segments(start):
+            state, study = programs.steps[segment.length](state, hp, data)
+            accuracy = programs.evaluate(state, data) if segment.evaluate else None
+            yield Result(segment, study, accuracy, state)
+
+
+def concatenate_studies(studies: list[dict[str, Any]], axis: int = -1) -> dict[str, np.ndarray]:
+    """Per-segment study metrics joined along the step axis, as NumPy arrays."""
+    names = studies[0].keys() if studies else ()
+    return {n: np.concatenate([np.asarray(s[n]) for s in studies], axis=axis) for n in names}
+
+
+class _Clock:
+    """Seconds since the previous lap (or since it was made)."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        elapsed, self.last = now - self.last, now
+        return elapsed
