@@ -83,9 +83,10 @@ fi
 
 rm -rf "$OUT/big-krum"
 section big-krum "${BUDGETS[0]}" "$PY" -m jaxbyz.train --dataset synthetic \
-  --nb-workers "$BIG_N" --nb-decl-byz "$BIG_F" --gar krum --attack little \
-  --attack-args factor:1.5 negative:True --momentum-at worker --nb-steps "$BIG_STEPS" \
-  --evaluation-delta 50 --no-progress --result-directory "$OUT/big-krum"
+  --model simples-full --nb-workers "$BIG_N" --nb-decl-byz "$BIG_F" --nb-real-byz "$BIG_F" \
+  --gar krum --attack little --attack-args factor:1.5 negative:True --momentum-at worker \
+  --learning-rate 0.5 --batch-size 83 --gradient-clip 2 --l2-regularize 1e-4 --seed 1 \
+  --nb-steps "$BIG_STEPS" --evaluation-delta 50 --no-progress --result-directory "$OUT/big-krum"
 
 data_note="real Fashion-MNIST"
 dataset_override=()

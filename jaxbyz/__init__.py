@@ -2,10 +2,22 @@
 
 Reproduces and extends El-Mhamdi, Guerraoui & Rouault, "Distributed Momentum for
 Byzantine-resilient Stochastic Gradient Descent" (ICLR 2021). Workers are a leading array axis;
-rules and attacks are pure jittable functions over ``[n, d]`` matrices.
+rules and attacks are pure jittable functions over ``[n, d]`` matrices, composed with optax
+transformations into one step.
+
+The public API:
+
+- :class:`Config` (one run) and :func:`make_train` (``train(key, hparams=None)``, a pure
+  function of a PRNG key: ``jax.vmap`` it over seeds);
+- :mod:`jaxbyz.aggregators` (``get(name)``: ``rule(G, f)``) and :mod:`jaxbyz.attacks`
+  (``get(name)``: ``attack(H, f, key=, rule=)``);
+- :mod:`jaxbyz.transforms`: the optax building blocks (``robust_aggregate``, ``per_worker``,
+  ``momentum``, ...) for one's own training loop.
 """
 
-from jaxbyz import aggregators, attacks
+from jaxbyz import aggregators, attacks, transforms
+from jaxbyz.config import Config, HyperParams
+from jaxbyz.simulator import make_train
 
 __version__ = "0.1.0"
-__all__ = ["aggregators", "attacks"]
+__all__ = ["Config", "HyperParams", "aggregators", "attacks", "make_train", "transforms"]

@@ -181,6 +181,18 @@ def _prune(directory: Path, keep: int) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+def discard(directory: str | Path, after: int = -1) -> None:
+    """Delete the checkpoints of steps above ``after`` (all by default): a run that resumes
+    from an earlier step, or starts over, writes those steps again."""
+    directory = Path(directory)
+    for step in steps(directory):
+        if step > after:
+            folder = directory / str(step)
+            folder.rename(folder.with_name(folder.name + _DELETING))
+    for leftover in directory.glob(f"*{_DELETING}"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def save(
     directory: str | Path, step: int, state: Any, metadata: dict[str, Any], keep: int = 2
 ) -> Path:
@@ -214,8 +226,12 @@ def save(
         name: jax.random.key_data(x) if name in keys else x
         for name, x in zip(names, leaves, strict=True)
     }
+    # orbax refuses arrays of size 0 (a stage with no rows): their shape and dtype suffice
+    empty = {k: [list(v.shape), np.dtype(v.dtype).name] for k, v in arrays.items() if not v.size}
+    arrays = {k: v for k, v in arrays.items() if k not in empty}
+    custom = {"prng_keys": keys, "empty": empty}
     args = ocp.args.Composite(
-        state=ocp.args.StandardSave(arrays, custom_metadata={"prng_keys": keys}),
+        state=ocp.args.StandardSave(arrays, custom_metadata=custom),
         metadata=ocp.args.JsonSave(stored),
     )
     with _quiet_orbax():
@@ -302,12 +318,21 @@ def restore(directory: str | Path, step: int, like: Any) -> tuple[Any, dict[str,
         manager = _manager(directory, write=False)
         try:
             saved = manager.item_metadata(step)["state"]
-            found_keys = (saved.custom_metadata or {}).get("prng_keys", {})
-            _check(path, targets, keys, dict(saved.tree), found_keys)
-            args = ocp.args.Composite(state=ocp.args.StandardRestore(targets))
-            arrays = manager.restore(step, args=args)["state"]
+            custom = saved.custom_metadata or {}
+            found_keys = custom.get("prng_keys", {})
+            empty = {
+                name: jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype))
+                for name, (shape, dtype) in custom.get("empty", {}).items()
+            }
+            _check(path, targets, keys, {**dict(saved.tree), **empty}, found_keys)
+            stored = {k: v for k, v in targets.items() if k not in empty}
+            args = ocp.args.Composite(state=ocp.args.StandardRestore(stored))
+            arrays = manager.restore(step, args=args)["state"] if stored else {}
         finally:
             manager.close()
+    for name in empty:  # size-0 arrays, placed as `like` asks
+        target = targets[name]
+        arrays[name] = jax.device_put(np.zeros(target.shape, target.dtype), target.sharding)
     # a key array keeps its data's placement (replicated keys are spelled P(None,) by JAX, as
     # for any key array device_put with P())
     leaves = [

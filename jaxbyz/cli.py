@@ -31,14 +31,17 @@ def _scalar_type(annotation: Any) -> type:
 
 
 def add_fields(parser: argparse.ArgumentParser | Any, cls: type) -> None:
-    """Add one flag per field of the dataclass ``cls`` (defaults from a default instance)."""
+    """Add one flag per field of the dataclass ``cls``. A flag's default is the paper's
+    ``attack.py`` default where the field records one (metadata ``paper``), so that the paper's
+    command lines keep their meaning, else the field's default."""
     hints = typing.get_type_hints(cls)
     defaults = cls()
     for field in dataclasses.fields(cls):
         meta = field.metadata
         if "help" not in meta:
             continue
-        kind, default = meta.get("kind"), getattr(defaults, field.name)
+        kind = meta.get("kind")
+        default = meta["paper"] if "paper" in meta else getattr(defaults, field.name)
         text = meta["help"]
         if "choices" in meta:
             text += f"; one of: {', '.join(meta['choices']())}"

@@ -28,9 +28,12 @@ def flag(default: Any, help: str, *, kind: str | None = None, **metadata: Any) -
 
     ``kind``: ``"keyval"`` (``key:value`` pairs into a dict, as the paper's ``--gar-args``),
     ``"switch"`` (a boolean flag without value), or None (the field's type parses the value).
-    Other metadata: ``flag`` (the flag's name when it is not ``--field-name``), ``metavar``,
-    ``choices`` (a callable listing the valid values for the help text), ``off_when_not_positive``
-    (a value <= 0 on the command line means None, as the paper's ``--gradient-clip 0``).
+    Other metadata: ``paper`` (the default of the paper's ``attack.py``, which the command line
+    takes so that the paper's command lines keep their meaning; the field's own default is the
+    paper's Fashion-MNIST protocol, for Python and grid files), ``flag`` (the flag's name when it
+    is not ``--field-name``), ``metavar``, ``choices`` (a callable listing the valid values for
+    the help text), ``off_when_not_positive`` (a value <= 0 on the command line means None, as
+    the paper's ``--gradient-clip 0``).
     """
     factory = {"default_factory": dict} if kind == "keyval" else {"default": default}
     return dataclasses.field(metadata={"help": help, "kind": kind, **metadata}, **factory)
@@ -56,6 +59,7 @@ class Config:
         "fashion-mnist",
         "dataset: fashion-mnist, mnist (IDX files), fashion_mnist, cifar10, cifar100 "
         "(tensorflow-datasets), synthetic; the paper's names (fashionmnist) are accepted",
+        paper="mnist",
     )
     data_dir: str | None = flag(
         None,
@@ -65,7 +69,9 @@ class Config:
     no_transform: bool = flag(
         False, "no random horizontal flips of the training images", kind="switch"
     )
-    model: str = flag("simples-full", "model", choices=_names("jaxbyz.models"))
+    model: str = flag(
+        "simples-full", "model", choices=_names("jaxbyz.models"), paper="simples-conv"
+    )
     model_args: dict[str, Any] = flag(None, "model arguments, e.g. cifar100:True", kind="keyval")
     init_multi: str | None = flag(
         None, "initialiser of the >= 2-dimensional parameters (torch.nn.init names)"
@@ -78,14 +84,16 @@ class Config:
     criterion: str = flag("top-k", "evaluation criterion (top-k accuracy)")
     criterion_args: dict[str, Any] = flag(None, "criterion arguments, e.g. k:5", kind="keyval")
     l1_regularize: float = flag(0.0, "adds lambda * ||theta||_1 to the loss")
-    l2_regularize: float = flag(1e-4, "adds lambda * ||theta||_2 (the norm) to the loss")
+    l2_regularize: float = flag(1e-4, "adds lambda * ||theta||_2 (the norm) to the loss", paper=0.0)
     # ----- workers
-    nb_workers: int = flag(51, "total workers n")
-    nb_decl_byz: int = flag(12, "Byzantine workers f the rule tolerates")
+    nb_workers: int = flag(51, "total workers n", paper=11)
+    nb_decl_byz: int = flag(12, "Byzantine workers f the rule tolerates", paper=4)
     nb_real_byz: int | None = flag(
-        None, "Byzantine workers that really attack (default: as declared); the rest are honest"
+        None,
+        "Byzantine workers that really attack (default: as declared); the rest are honest",
+        paper=0,
     )
-    batch_size: int = flag(83, "per-worker batch")
+    batch_size: int = flag(83, "per-worker batch", paper=25)
     dirichlet_alpha: float | None = flag(
         None, "non-IID: split the training set across honest workers with Dirichlet(alpha)"
     )
@@ -93,7 +101,9 @@ class Config:
         1, "local steps per gradient (1: standard SGD, the only value the paper's code runs)"
     )
     # ----- aggregation and attack
-    gar: str = flag("krum", "aggregation rule", choices=_names("jaxbyz.aggregators"))
+    gar: str = flag(
+        "krum", "aggregation rule", choices=_names("jaxbyz.aggregators"), paper="average"
+    )
     gar_args: dict[str, Any] = flag(None, "rule arguments, e.g. m:1", kind="keyval")
     gars: str | None = flag(
         None,
@@ -101,7 +111,7 @@ class Config:
         "'krum,2;median,1,{\"lower\": false}' (supersedes --gar/--gar-args)",
         metavar="SPEC",
     )
-    attack: str = flag("little", "attack", choices=_names("jaxbyz.attacks"))
+    attack: str = flag("little", "attack", choices=_names("jaxbyz.attacks"), paper="nan")
     attack_args: dict[str, Any] = flag(
         None, "attack arguments, e.g. factor:1.5 negative:True", kind="keyval"
     )
@@ -112,6 +122,7 @@ class Config:
         "where momentum is computed: update (after the rule), server (before the rule), "
         "worker (at each worker)",
         choices=lambda: ["update", "server", "worker"],
+        paper="update",
     )
     momentum_nesterov: bool = flag(
         False, "Nesterov: gradients at theta - lr * beta * momentum", kind="switch"
@@ -126,18 +137,21 @@ class Config:
         None, "its arguments, e.g. b1:0.9 b2:0.999 (learning rate: --learning-rate)", kind="keyval"
     )
     weight_decay: float = flag(0.0, "adds lambda * theta to the update (PyTorch SGD's)")
-    learning_rate: float = flag(0.5, "initial learning rate gamma_0")
+    learning_rate: float = flag(0.5, "initial learning rate gamma_0", paper=0.01)
     learning_rate_decay: int = flag(
         5000, "hyperbolic half-decay time: gamma_0 / (1 + t/decay); <= 0 for none"
     )
-    learning_rate_decay_delta: int = flag(300, "steps between two learning-rate updates")
+    learning_rate_decay_delta: int = flag(300, "steps between two learning-rate updates", paper=1)
     learning_rate_schedule: str | None = flag(
         None,
         "piecewise-constant schedule; supersedes the other learning-rate flags",
         metavar="LR0[,STEP,LR]*",
     )
     gradient_clip: float | None = flag(
-        2.0, "clip each gradient to this L2 norm; <= 0 for none", off_when_not_positive=True
+        2.0,
+        "clip each gradient to this L2 norm; <= 0 for none",
+        off_when_not_positive=True,
+        paper=None,
     )
     clip_mode: str = flag(
         "scale",
@@ -145,9 +159,9 @@ class Config:
         choices=lambda: list(CLIP_MODES),
     )
     # ----- length, evaluation and study
-    nb_steps: int = flag(300, "training steps")
+    nb_steps: int = flag(300, "training steps", paper=-1)
     evaluation_delta: int = flag(
-        5, "steps between two evaluations; 0 for none but a final one", metavar="STEPS"
+        5, "steps between two evaluations; 0 for none but a final one", metavar="STEPS", paper=100
     )
     batch_size_test: int | None = flag(
         None, "test examples per evaluation batch (default: the whole test set, in chunks)"
@@ -156,12 +170,16 @@ class Config:
         None, "evaluation batches: the first batch-size-test x reps test examples, cyclically"
     )
     nb_for_study: int = flag(
-        1, "gradients sampled per step for the study: max(honest workers, this); <= 0: no study"
+        1,
+        "gradients sampled per step for the study: max(honest workers, this); <= 0: no study",
+        paper=11,
     )
     nb_for_study_past: int = flag(
-        1, "past sampled gradients kept for the study's curvature and cosine with the past"
+        1,
+        "past sampled gradients kept for the study's curvature and cosine with the past",
+        paper=20,
     )
-    seed: int = flag(1, "PRNG seed of the run; negative: a random seed (recorded)")
+    seed: int = flag(1, "PRNG seed of the run; negative: a random seed (recorded)", paper=-1)
 
     @property
     def f_real(self) -> int:

@@ -117,6 +117,16 @@ class Driver:
 
     # -- compilation ----------------------------------------------------------------------------- #
 
+    def abstract_state(self, key: Array) -> Any:
+        """The shapes, dtypes and (with a mesh) shardings of the state between programs."""
+        state = jax.eval_shape(self._vmapped(self.sim.init, (0,)), key)
+        shardings = self.sim.layout.state_shardings(state) if self.batch is None else None
+        if shardings is None:
+            return state
+        return jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+        )
+
     def compile(self, key: Array, hp: Any, data: dict, lengths: set[int] | None = None) -> Programs:
         """Lower and compile the three programs for arguments like ``key``, ``hp`` and
         ``data`` (``lengths``: the segment lengths to compile; default: the whole run's)."""
@@ -124,24 +134,15 @@ class Driver:
         sim, layout = self.sim, self.sim.layout
         if lengths is None:
             lengths = {s.length for s in self.segments()}
-        state = jax.eval_shape(self._vmapped(sim.init, (0,)), key)
-        start_kw = layout.program_shardings(state, outputs=1) if self.batch is None else {}
-        start = jax.jit(self._vmapped(self._start, (0, None)), **start_kw)
-        start = start.lower(key, data).compile()
+        state = self.abstract_state(key)  # the later programs receive it laid out like this
+        # the state and one replicated output (accuracy, study metrics)
+        kw = layout.program_shardings(state, outputs=1) if self.batch is None else {}
+        start = jax.jit(self._vmapped(self._start, (0, None)), **kw).lower(key, data).compile()
         times["start"] = clock.lap()
-        if start_kw:  # the later programs receive the state as the start program returns it
-            state = jax.tree.map(
-                lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                state,
-                start_kw["out_shardings"][0],
-            )
-        steps_kw = layout.program_shardings(state, outputs=1) if self.batch is None else {}
         steps = {}
         for length in sorted(lengths):
             fn = self._vmapped(functools.partial(self._steps, length=length), (0, 0, None))
-            steps[length] = (
-                jax.jit(fn, donate_argnums=0, **steps_kw).lower(state, hp, data).compile()
-            )
+            steps[length] = jax.jit(fn, donate_argnums=0, **kw).lower(state, hp, data).compile()
             times[f"steps[{length}]"] = clock.lap()
         evaluate = jax.jit(self._vmapped(sim.evaluate, (0, None))).lower(state, data).compile()
         times["evaluate"] = clock.lap()

@@ -242,48 +242,58 @@ class Simulation:
         """Per-row gradients ``[w, d]``, losses ``[w]`` and the honest rows' averaged
         model-state updates (BatchNorm statistics)."""
         w = self.grad_workers
-        k_idx, k_flip, k_drop = jax.random.split(key, 3)
-        indices = self.layout.rows(self._sample_indices(k_idx, data))
-        x, y = data_lib.gather_batches(
-            k_flip, data["train_x"], data["train_y"], indices, self.dataset, self.flip
-        )
-        if self.poisoning:  # the data-poisoning hook: the attackers' batches, poisoned
-            px, py = self.attack.poison(
-                x[self.sampled :],
-                y[self.sampled :],
-                key=jax.random.fold_in(key, 3),
-                num_classes=self.dataset.num_classes,
-                **self.attack.params,
-            )
-            x = jnp.concatenate([x[: self.sampled], px])
-            y = jnp.concatenate([y[: self.sampled], py])
+        honest_keys = jax.random.split(key, 3)
+        x, y, drop = self._batches(honest_keys, self.honest, data, partitioned=True)
+        if w > self.honest:  # the study-only rows and the data-poisoning attackers
+            rest_keys = jax.random.split(jax.random.fold_in(key, 1), 3)
+            rx, ry, rdrop = self._batches(rest_keys, w - self.honest, data, partitioned=False)
+            if self.poisoning:  # the hook of the gradient stage: the attackers' batches
+                poisoned = slice(self.study_extra, None)
+                px, py = self.attack.poison(
+                    rx[poisoned],
+                    ry[poisoned],
+                    key=jax.random.fold_in(key, 2),
+                    num_classes=self.dataset.num_classes,
+                    **self.attack.params,
+                )
+                rx = jnp.concatenate([rx[: self.study_extra], px])
+                ry = jnp.concatenate([ry[: self.study_extra], py])
+            x, y = jnp.concatenate([x, rx]), jnp.concatenate([y, ry])
+            drop = jnp.concatenate([drop, rdrop])
         grad_fn = jax.grad(self._loss, has_aux=True)
         theta_axis = 0 if points.ndim == 2 else None
         grads, (losses_, updates) = jax.vmap(grad_fn, in_axes=(theta_axis, None, 0, 0, 0, None))(
-            points, state.model_state, x, y, jax.random.split(k_drop, w), hp
+            points, state.model_state, x, y, drop, hp
         )
         updates = jax.tree.map(
             lambda u: row_mean(u.reshape(w, -1)[: self.honest]).reshape(u.shape[1:]), updates
         )
         return grads, losses_, updates
 
+    def _batches(self, keys: Array, rows: int, data: Data, partitioned: bool):
+        """``rows`` workers' batches ``[rows, b, ...]``, labels and dropout keys, drawn from
+        ``keys`` (index, flip, dropout): from each honest worker's partition when the data is
+        split (``partitioned``), else IID. Each group of rows draws from its own keys, so the
+        honest workers' batches do not depend on how many other rows there are."""
+        k_idx, k_flip, k_drop = keys
+        num_train = data["train_y"].shape[0]
+        batch = self.config.batch_size
+        if partitioned and "partition_table" in data:
+            partition = (data["partition_table"], data["partition_lengths"])
+            k_idx = jax.random.split(k_idx)[0]
+            indices = data_lib.sample_indices(k_idx, rows, batch, num_train, partition)
+        else:
+            indices = data_lib.sample_indices(k_idx, rows, batch, num_train)
+        indices = self.layout.rows(indices)
+        x, y = data_lib.gather_batches(
+            k_flip, data["train_x"], data["train_y"], indices, self.dataset, self.flip
+        )
+        return x, y, jax.random.split(k_drop, rows)
+
     @property
     def flip(self) -> bool:
         """Random horizontal flips of the training images (the dataset's default)."""
         return self.dataset.flip and not self.config.no_transform
-
-    def _sample_indices(self, key: Array, data: Data) -> Array:
-        """``[w, b]`` example indices: the honest workers from their partition (IID by default),
-        the other rows IID."""
-        num_train = data["train_y"].shape[0]
-        batch = self.config.batch_size
-        if "partition_table" not in data:
-            return data_lib.sample_indices(key, self.grad_workers, batch, num_train)
-        k_honest, k_rest = jax.random.split(key)
-        partition = (data["partition_table"], data["partition_lengths"])
-        honest = data_lib.sample_indices(k_honest, self.honest, batch, num_train, partition)
-        rest = data_lib.sample_indices(k_rest, self.grad_workers - self.honest, batch, num_train)
-        return jnp.concatenate([honest, rest])
 
     def _gradient_points(self, state: State, stages: Stages, hp: HyperParams) -> Array:
         """Where the gradients are taken: ``θ`` ``[d]``, or the Nesterov look-ahead along the
@@ -434,13 +444,8 @@ class Simulation:
         return jax.lax.scan(lambda s, _: self.step(s, hp, data), state, None, length=length)
 
     def evaluation_steps(self) -> np.ndarray:
-        """The steps after which the model is evaluated: 0, every ``evaluation_delta``, and the
-        last; only the last with ``evaluation_delta = 0``."""
-        c = self.config
-        if c.evaluation_delta == 0:
-            return np.asarray([c.nb_steps])
-        steps = list(range(0, c.nb_steps, c.evaluation_delta))
-        return np.asarray([*steps, c.nb_steps])
+        """The steps after which the model is evaluated (:func:`evaluation_steps`)."""
+        return evaluation_steps(self.config.nb_steps, self.config.evaluation_delta)
 
     def run(
         self, key: Array, hparams: HyperParams | dict | None = None, data: Data | None = None
@@ -476,6 +481,14 @@ class Simulation:
             studies.append(study)
         study = {k: jnp.concatenate([s[k] for s in studies]) for k in metrics_lib.NAMES}
         return {"accuracy": jnp.concatenate(accuracies), "study": study, "theta": state.theta}
+
+
+def evaluation_steps(nb_steps: int, evaluation_delta: int) -> np.ndarray:
+    """The steps after which a run evaluates its model: 0, every ``evaluation_delta``, and the
+    last; only the last with ``evaluation_delta = 0``."""
+    if evaluation_delta == 0:
+        return np.asarray([nb_steps])
+    return np.asarray([*range(0, nb_steps, evaluation_delta), nb_steps])
 
 
 def _device_arrays(config: Config, dataset: data_lib.Dataset, layout: Layout) -> dict[str, Array]:

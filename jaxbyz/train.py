@@ -33,7 +33,7 @@ from jaxbyz.config import Config, flag
 from jaxbyz.data import DATASET_ALIASES, DatasetNotFoundError
 from jaxbyz.metrics import NAMES
 
-CHECKPOINT_FORMAT = 1
+ACCURACY_DIGITS = 6  # decimals of the accuracies in eval.csv and summary.json
 
 EXAMPLES = """\
 examples:
@@ -121,12 +121,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """The run configuration the parsed flags describe (a negative seed drawn at random)."""
+    """The run configuration the parsed flags describe (a negative seed: see :func:`seeded`)."""
     fields = cli.values(Config, args)
-    if fields["seed"] < 0:  # the paper's "random seed": drawn here and recorded
-        fields["seed"] = secrets.randbelow(2**31)
     fields["dataset"] = DATASET_ALIASES.get(fields["dataset"], fields["dataset"])
     return Config(**fields)
+
+
+def seeded(config: Config) -> Config:
+    """``config`` with the paper's "random seed" (a negative ``--seed``) drawn, and recorded in
+    ``config.json``; with several processes, process 0's draw for all."""
+    if config.seed >= 0:
+        return config
+    seed = secrets.randbelow(2**31)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        seed = int(multihost_utils.broadcast_one_to_all(np.int32(seed)))
+    return config.replace(seed=seed)
 
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:
@@ -177,14 +188,31 @@ def prepare_directory(path: str | None, config: Config) -> Start | None:
             f"--result-directory {path!r} already exists and holds this run, completed; fix: "
             "choose a new directory or remove this one"
         )
+    return _resumable(directory, config)
+
+
+def _resumable(directory: Path, config: Config) -> Start:
+    """The latest checkpoint whose results are all in the files (rows of the study for every
+    step before it, every evaluation up to it); none: start over."""
     from jaxbyz import checkpoint
+    from jaxbyz.simulator import evaluation_steps
 
     folder = directory / "checkpoints"
-    step = checkpoint.latest(folder) if folder.is_dir() else None
-    if step is None:
-        return Start()
-    total = checkpoint.read_metadata(folder / str(step)).get("total_steps")
-    return Start(step=step, checkpoint=(folder, step), total=total)
+    studied = _last_row(directory / "study.csv") if config.nb_for_study > 0 else None
+    evaluated = _last_row(directory / "eval.csv")
+    for step in reversed(checkpoint.steps(folder)):
+        total = checkpoint.read_metadata(folder / str(step)).get("total_steps", config.nb_steps)
+        due = [e for e in evaluation_steps(total, config.evaluation_delta) if e <= step]
+        if (studied is None or studied >= step - 1) and (not due or evaluated >= due[-1]):
+            return Start(step=step, checkpoint=(folder, step), total=total)
+    return Start()
+
+
+def _last_row(path: Path) -> int:
+    """The step of the last complete row of a result file (-1: none)."""
+    lines = path.read_bytes().splitlines(keepends=True)[1:] if path.exists() else []
+    complete = [line for line in lines if line.endswith(b"\n")]
+    return int(complete[-1].split(b",", 1)[0]) if complete else -1
 
 
 class ResultWriter:
@@ -210,7 +238,7 @@ class ResultWriter:
 
     def evaluation(self, step: int, accuracy: float) -> None:
         if self.directory is not None:
-            self._eval_csv.writerow([step, f"{accuracy:.6f}"])
+            self._eval_csv.writerow([step, f"{accuracy:.{ACCURACY_DIGITS}f}"])
             self._eval.flush()
 
     def study(self, first_step: int, study: dict[str, np.ndarray]) -> None:
@@ -237,16 +265,22 @@ def _open_csv(path: Path, header: list[str], resume_at: int | None, inclusive: b
         handle = open(path, "w", newline="")
         csv.writer(handle).writerow(header)
         return handle
-    keep, lines = [], path.read_text().splitlines(keepends=True)
+    keep, lines = [], path.read_bytes().splitlines(keepends=True)
     for line in lines[1:]:
-        if not line.endswith("\n"):
+        if not line.endswith(b"\n"):
             break  # cut short by the interruption
-        step = int(line.split(",", 1)[0])
+        step = int(line.split(b",", 1)[0])
         if step > resume_at or (step == resume_at and not inclusive):
             break
         keep.append(line)
-    path.write_text(lines[0] + "".join(keep))
+    path.write_bytes(lines[0] + b"".join(keep))
     return open(path, "a", newline="")
+
+
+def _as_written(accuracy: Any) -> float:
+    """An accuracy as ``eval.csv`` holds it, so that the summary of a resumed run (read back
+    from the file) equals that of an uninterrupted one."""
+    return round(float(accuracy), ACCURACY_DIGITS)
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -309,21 +343,28 @@ def run(
     key = sim.layout.place(jax.random.key(config.seed))
     data = sim.arrays
 
+    saved = start.checkpoint or loaded
+    if saved:  # restored before compiling: a checkpoint that does not fit fails fast
+        restored, step = _restore(saved, driver.abstract_state(key))
     programs = driver.compile(key, hp, data)
-    state, accuracy = programs.start(key, data)
-    step = 0
-    if start.checkpoint or loaded:
-        state, step = _restore(start.checkpoint or loaded, state)
+    if saved:
+        state = restored
         accuracy = programs.evaluate(state, data) if loaded and step in evaluated else None
+    else:
+        (state, accuracy), step = programs.start(key, data), 0
     compile_s = programs.compile_seconds
 
     resume_at = start.step if start.checkpoint else None
     directory = Path(result_directory) if writes and result_directory else None
+    if directory is not None and (directory / "checkpoints").is_dir():
+        from jaxbyz import checkpoint
+
+        checkpoint.discard(directory / "checkpoints", after=start.step)
     writer = ResultWriter(directory, config, resume_at)
     begun = time.perf_counter()
     curve = _read_curve(directory, step) if directory and resume_at is not None else []
     if accuracy is not None:
-        accuracy = float(to_host(accuracy))
+        accuracy = _as_written(to_host(accuracy))
         if np.isfinite(accuracy):  # NaN: step 0 is not evaluated (--evaluation-delta 0)
             writer.evaluation(step, accuracy)
             curve.append((step, accuracy))
@@ -342,7 +383,7 @@ def run(
             writer.study(result.segment.start, study)
             step = result.segment.stop
             if result.accuracy is not None:
-                accuracy = float(to_host(result.accuracy))
+                accuracy = _as_written(to_host(result.accuracy))
                 writer.evaluation(step, accuracy)
                 curve.append((step, accuracy))
                 bar.set_postfix(acc=f"{accuracy:.4f}", loss=f"{float(study['loss'][-1]):.3f}")
@@ -387,12 +428,7 @@ def _locate(path: str) -> tuple[Path, int]:
 def _save(folder: Path, step: int, state: Any, config: Config, total: int) -> None:
     from jaxbyz import checkpoint
 
-    metadata = {
-        "format": CHECKPOINT_FORMAT,
-        "step": step,
-        "total_steps": total,
-        "config": config.to_dict(),
-    }
+    metadata = {"total_steps": total, "config": config.to_dict()}
     checkpoint.save(folder, step, state, metadata)
 
 
@@ -503,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         check_options(options, config)
         device = resolve_device(options.device)
         if options.dry_run:
+            prepare_directory(options.result_directory, config)
             dry_run(config, options)
             return 0
         distributed = distributed_args(options)
@@ -512,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
             from jaxbyz.sharding import initialize_distributed
 
             initialize_distributed(*distributed)
+        config = seeded(config)
         with jax.default_device(device):
             summary = run(
                 config,

@@ -194,6 +194,11 @@ def check_config(config: Any) -> tuple[Any, Any]:
     from jaxbyz.schedules import parse_piecewise
 
     c = config
+    if c.nb_steps == -1:
+        raise ValueError(
+            "--nb-steps -1 (no limit, the paper's default) cannot be honoured: a run is compiled "
+            "for its number of steps; fix: give --nb-steps N"
+        )
     if c.dataset not in DATASETS:
         raise ValueError(f"--dataset {c.dataset!r} is unknown; choose one of {', '.join(DATASETS)}")
     for flag_name, value in (
@@ -207,7 +212,7 @@ def check_config(config: Any) -> tuple[Any, Any]:
     _count("--nb-for-study", c.nb_for_study, -(2**31))
     _count("--nb-for-study-past", c.nb_for_study_past, 0)
     _count("--learning-rate-decay", c.learning_rate_decay, -(2**31))
-    _count("--seed", c.seed, 0)
+    _count("--seed", c.seed, -(2**31))  # negative: drawn by the command line
     _optional("--batch-size-test", c.batch_size_test, _count, minimum=1)
     _optional("--batch-size-test-reps", c.batch_size_test_reps, _count, minimum=1)
     _count("--nb-local-steps", c.nb_local_steps, 1)

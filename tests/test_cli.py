@@ -15,6 +15,8 @@ from jaxbyz.metrics import NAMES
 QUICK = [
     "--dataset",
     "synthetic",
+    "--model",
+    "simples-full",
     "--nb-workers",
     "7",
     "--nb-decl-byz",

@@ -121,6 +121,7 @@ def test_two_processes_match_one(tmp_path):
     base = [sys.executable, "-m", "jaxbyz.train", "--dataset", "synthetic", "--nb-workers", "11"]
     base += ["--nb-decl-byz", "2", "--gar", "median", "--attack", "little", "--batch-size", "16"]
     base += ["--nb-steps", "6", "--evaluation-delta", "3", "--no-progress", "--shard-workers"]
+    base += ["--seed", "1", "--model", "simples-full"]
     multi = [*base, "--result-directory", str(tmp_path / "multi")]
     multi += ["--coordinator-address", f"127.0.0.1:{_free_port()}", "--num-processes", "2"]
     procs = [

@@ -112,7 +112,7 @@ def test_robust_aggregate_flattens_a_pytree_and_records_acceptance():
 
 
 def test_robust_aggregate_keeps_the_centre_of_centred_clipping():
-    n, f, G = 7, 1, rows(7, 5, steps=3)
+    f, G = 1, rows(7, 5, steps=3)
     tx = transforms.robust_aggregate("cclip", f, tau=0.5)
     state, prev = tx.init(jnp.zeros(5)), jnp.zeros(5)
     rule = aggregators.get("cclip", tau=0.5)
