@@ -40,11 +40,15 @@ def add_fields(parser: argparse.ArgumentParser | Any, cls: type) -> None:
         meta = field.metadata
         if "help" not in meta:
             continue
-        kind = meta.get("kind")
-        default = meta["paper"] if "paper" in meta else getattr(defaults, field.name)
+        kind, own = meta.get("kind"), getattr(defaults, field.name)
+        default = meta["paper"] if "paper" in meta else own
         text = meta["help"]
         if "choices" in meta:
             text += f"; one of: {', '.join(meta['choices']())}"
+        if "ignored" in meta:
+            text += f" (accepted; no effect here: {meta['ignored']})"
+        if default != own:
+            text += f" (Config: {own})"
         if kind == "switch":
             parser.add_argument(flag_name(field), dest=field.name, action="store_true", help=text)
         elif kind == "keyval":

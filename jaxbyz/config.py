@@ -90,7 +90,7 @@ class Config:
     nb_decl_byz: int = flag(12, "Byzantine workers f the rule tolerates", paper=4)
     nb_real_byz: int | None = flag(
         None,
-        "Byzantine workers that really attack (default: as declared); the rest are honest",
+        "Byzantine workers that really attack (None: as many as declared); the rest are honest",
         paper=0,
     )
     batch_size: int = flag(83, "per-worker batch", paper=25)
@@ -159,7 +159,9 @@ class Config:
         choices=lambda: list(CLIP_MODES),
     )
     # ----- length, evaluation and study
-    nb_steps: int = flag(300, "training steps", paper=-1)
+    nb_steps: int = flag(
+        300, "training steps (the paper's default, -1: no limit, cannot be honoured)", paper=-1
+    )
     evaluation_delta: int = flag(
         5, "steps between two evaluations; 0 for none but a final one", metavar="STEPS", paper=100
     )

@@ -28,6 +28,9 @@ shaped like the outputs, several inputs, ...), and so are ``l1`` and ``l2``, whi
 code redefines as the parameter norms ``||theta||_1`` and ``||theta||_2`` (the
 ``--l1-regularize`` / ``--l2-regularize`` regularisers).
 
+In the step (:mod:`jaxbyz.simulator`), each worker's gradient is that of the loss of its batch
+(plus the regularisers); the criterion scores the model at every evaluation.
+
 Criteria (evaluation; ``criterion(name, **args)`` returns ``correct(outputs [b, K], labels [b])
 -> bool [b]``, ``check_criterion`` validates without arrays):
 

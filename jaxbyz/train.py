@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxbyz import aggregators, attacks, cli
+from jaxbyz import aggregators, attacks, checkpoint, cli
 from jaxbyz.config import Config, flag
 from jaxbyz.data import DATASET_ALIASES, DatasetNotFoundError
 from jaxbyz.metrics import NAMES
@@ -108,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulate one Byzantine-resilient SGD run (El-Mhamdi, Guerraoui & Rouault, "
         "ICLR 2021): n workers, f of them Byzantine, a robust aggregation rule at the server, "
         "momentum at the update, the server or the workers, any optax optimiser at the server. "
-        "All workers are one vectorised JAX program. The flags are those of the paper's "
-        "attack.py.",
+        "All workers are one vectorised JAX program. The flags, and their defaults, are those of "
+        "the paper's attack.py (jaxbyz.config.Config, for Python and grid files, defaults to "
+        "the paper's Fashion-MNIST protocol instead: shown as 'Config: ...').",
         epilog=EXAMPLES.format(
             rules=", ".join(aggregators.names()), attacks=", ".join(attacks.names())
         ),
@@ -194,7 +195,6 @@ def prepare_directory(path: str | None, config: Config) -> Start | None:
 def _resumable(directory: Path, config: Config) -> Start:
     """The latest checkpoint whose results are all in the files (rows of the study for every
     step before it, every evaluation up to it); none: start over."""
-    from jaxbyz import checkpoint
     from jaxbyz.simulator import evaluation_steps
 
     folder = directory / "checkpoints"
@@ -330,7 +330,10 @@ def run(
 
     writes = jax.process_index() == 0
     start = (prepare_directory(result_directory, config) if writes else None) or Start()
-    loaded = None if start.checkpoint or load_checkpoint is None else _locate(load_checkpoint)
+    if start.checkpoint is None and load_checkpoint is not None:
+        loaded = checkpoint.resolve(load_checkpoint)  # (checkpoints folder, step)
+    else:
+        loaded = None
     total = start.total or config.nb_steps
     if loaded is not None:
         total = loaded[1] + config.nb_steps
@@ -357,8 +360,6 @@ def run(
     resume_at = start.step if start.checkpoint else None
     directory = Path(result_directory) if writes and result_directory else None
     if directory is not None and (directory / "checkpoints").is_dir():
-        from jaxbyz import checkpoint
-
         checkpoint.discard(directory / "checkpoints", after=start.step)
     writer = ResultWriter(directory, config, resume_at)
     begun = time.perf_counter()
@@ -419,23 +420,13 @@ def run(
     return summary
 
 
-def _locate(path: str) -> tuple[Path, int]:
-    from jaxbyz import checkpoint
-
-    return checkpoint.resolve(path)
-
-
 def _save(folder: Path, step: int, state: Any, config: Config, total: int) -> None:
-    from jaxbyz import checkpoint
-
     metadata = {"total_steps": total, "config": config.to_dict()}
     checkpoint.save(folder, step, state, metadata)
 
 
 def _restore(where: tuple[Path, int], like: Any) -> tuple[Any, int]:
     """The state saved at ``where`` (checkpoints folder, step), laid out like ``like``."""
-    from jaxbyz import checkpoint
-
     folder, step = where
     try:
         state, _ = checkpoint.restore(folder, step, like)
@@ -488,7 +479,7 @@ def distributed_args(
     return address, count, index
 
 
-def check_options(options: RunOptions, config: Config) -> None:
+def check_options(options: RunOptions) -> None:
     """The run options that cannot be honoured, refused in one line."""
     if isinstance(options.checkpoint_delta, bool) or options.checkpoint_delta < 0:
         raise ValueError(
@@ -497,6 +488,14 @@ def check_options(options: RunOptions, config: Config) -> None:
     if options.checkpoint_delta and options.result_directory is None:
         raise ValueError(
             "--checkpoint-delta saves into the result directory; fix: add --result-directory"
+        )
+    if options.coordinator_address is not None and (
+        options.checkpoint_delta or options.load_checkpoint
+    ):
+        raise ValueError(
+            "--checkpoint-delta and --load-checkpoint cannot be honoured over several processes "
+            "yet (every process would have to save and restore its own shards); fix: run them "
+            "on one host"
         )
     if options.shard_workers and options.device != "auto":
         raise ValueError(
@@ -536,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         config, options = config_from_args(args), options_from_args(args)
         for note in cli.notes(RunOptions, options):
             print(note, file=sys.stderr)
-        check_options(options, config)
+        check_options(options)
         device = resolve_device(options.device)
         if options.dry_run:
             prepare_directory(options.result_directory, config)

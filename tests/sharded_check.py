@@ -68,7 +68,7 @@ def run_errors(mesh, steps: int = 8) -> dict[str, dict[str, float]]:
     Teacher-forced: at every step both programs start from the one-device state, so that each
     comparison measures one step's discrepancy. Reported per run: the worst fraction of
     parameters that differ by more than 1e-5 (relative to the largest), the worst error of the
-    study metrics (``|a - b| / (|b| + 1e-6)``), the largest accuracy difference, and the number
+    study metrics (``|a - b| / (|b| + 1e-5)``), the largest accuracy difference, and the number
     of collectives in the sharded step program.
     """
     dataset = make_synthetic(n_train=2_000, n_test=500)
@@ -95,7 +95,9 @@ def run_errors(mesh, steps: int = 8) -> dict[str, dict[str, float]]:
             differing = float(np.mean(np.abs(a - b) > 1e-5 * np.max(np.abs(a))))
             study = max(
                 abs(float(to_host(study_sharded[k])) - float(study_one[k]))
-                / (abs(float(study_one[k])) + 1e-6)  # some metrics are rounding noise near 0
+                # some metrics are rounding noise near 0: the deviation of f identical attack
+                # rows is ~1e-8 (the mean of k equal rows is not exactly the row)
+                / (abs(float(study_one[k])) + 1e-5)
                 for k in study_one
                 if np.isfinite(study_one[k])
             )

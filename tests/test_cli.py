@@ -8,29 +8,12 @@ import sys
 
 import pandas as pd
 import pytest
+import quick_run
 
 from jaxbyz import train
 from jaxbyz.metrics import NAMES
 
-QUICK = [
-    "--dataset",
-    "synthetic",
-    "--model",
-    "simples-full",
-    "--nb-workers",
-    "7",
-    "--nb-decl-byz",
-    "2",
-    "--gar",
-    "median",
-    "--batch-size",
-    "8",
-    "--nb-steps",
-    "6",
-    "--evaluation-delta",
-    "4",
-    "--no-progress",
-]
+QUICK = [*quick_run.QUICK, "--evaluation-delta", "4"]
 
 
 def test_run_writes_results(tmp_path, capsys):

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import quick_run
 
 from jaxbyz import train
 
@@ -141,29 +142,7 @@ def test_values_that_cannot_be_honoured_are_refused(capsys, line, expected):
     assert len(err) == 1 and expected in err[0], err
 
 
-QUICK = [
-    "--dataset",
-    "synthetic",
-    "--model",
-    "simples-full",
-    "--nb-workers",
-    "7",
-    "--nb-decl-byz",
-    "2",
-    "--gar",
-    "median",
-    "--attack",
-    "little",
-    "--attack-args",
-    "factor:1.5",
-    "--seed",
-    "1",
-    "--batch-size",
-    "8",
-    "--nb-steps",
-    "6",
-    "--no-progress",
-]
+QUICK = [*quick_run.QUICK, "--attack", "little", "--attack-args", "factor:1.5", "--seed", "1"]
 
 
 def test_flags_with_meaning_change_the_run(tmp_path):

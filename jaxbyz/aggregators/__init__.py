@@ -4,6 +4,10 @@
 (``["nnm"]``, ``[("bucketing", {"s": 2}), "arc"]``, ...) in front of it. ``names()`` lists the
 rules, ``pre_names()`` the pre-aggregators. Each family lives in its own module and registers
 itself on import.
+
+In the step (:mod:`jaxbyz.simulator`), the rule reads the ``n`` submissions (honest rows first,
+then the Byzantine ones) through :func:`jaxbyz.transforms.robust_aggregate` and returns the
+aggregate the server stage turns into the update.
 """
 
 from __future__ import annotations

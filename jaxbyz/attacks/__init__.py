@@ -3,6 +3,11 @@
 ``atk(H, f, key=key, rule=rule, f_decl=f_decl)`` maps the ``[h, d]`` honest submissions to the
 ``[f, d]`` Byzantine vectors. Names follow the paper's code (LPD-EPFL/ByzantineMomentum);
 literature names are aliases (``alie`` -> ``little``, ``ipm`` -> ``empire``, ...).
+
+In the step (:mod:`jaxbyz.simulator`), an attack sits between the workers' stage and the rule:
+it reads the honest submissions as sent (momentum included where it applies) and writes the
+Byzantine rows; a data-poisoning attack (``Attack.poison``) acts earlier, on its workers'
+batches in the gradient stage.
 """
 
 from __future__ import annotations
