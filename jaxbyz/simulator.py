@@ -39,7 +39,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
 from jaxbyz import data as data_lib
-from jaxbyz import losses, models, schedules, transforms
+from jaxbyz import initializers, losses, models, schedules, transforms
 from jaxbyz import metrics as metrics_lib
 from jaxbyz.config import Config, HyperParams
 from jaxbyz.momentum import Composition, compose
@@ -196,7 +196,7 @@ class Simulation:
         params = variables["params"]
         c = self.config
         if c.init_multi is not None or c.init_mono is not None:
-            params = models.reinitialize(
+            params = initializers.reinitialize(
                 params,
                 jax.random.fold_in(init_key, 1),
                 multi=None if c.init_multi is None else (c.init_multi, c.init_multi_args),

@@ -187,7 +187,7 @@ def _built(flag_name: str, name: str, build: Callable[[], Any]) -> Any:
 def check_config(config: Any) -> tuple[Any, Any]:
     """Check every field of a :class:`jaxbyz.config.Config` before anything compiles; return the
     built rule and attack. Raises one ValueError naming the flag, the value and the fix."""
-    from jaxbyz import aggregators, attacks, losses, models, transforms
+    from jaxbyz import aggregators, attacks, initializers, losses, models, transforms
     from jaxbyz.config import CLIP_MODES
     from jaxbyz.data import DATASETS, NUM_CLASSES
     from jaxbyz.momentum import check_placement
@@ -228,7 +228,7 @@ def check_config(config: Any) -> tuple[Any, Any]:
         ("--init-mono", c.init_mono, c.init_mono_args, True),
     ):
         if name is not None:
-            models.check_initializer(flag_name, name, args, mono=mono)
+            initializers.check_initializer(flag_name, name, args, mono=mono)
         elif args:
             raise ValueError(f"{flag_name}-args {args} given without {flag_name}")
     _built("--loss", c.loss, lambda: losses.get(c.loss, **c.loss_args))
