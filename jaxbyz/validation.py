@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Union
 
 import jax
 
@@ -184,6 +184,52 @@ def _built(flag_name: str, name: str, build: Callable[[], Any]) -> Any:
         raise ValueError(f"{flag_name} {name}: {err}") from None
 
 
+_KINDS = {
+    int: "an integer",
+    float: "a finite number",
+    str: "a string",
+    bool: "true or false",
+    dict: "a table of key: value pairs",
+}
+
+
+def _type_ok(kind: type, value: Any) -> bool:
+    if kind is float:
+        return (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        )
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    return isinstance(value, kind)
+
+
+def check_types(config: Any) -> None:
+    """Every field of a :class:`jaxbyz.config.Config` of its declared type (an integer where an
+    integer is due, a finite number where a float is, ...), before any other check."""
+    import types
+    import typing
+
+    from jaxbyz.config import FIELD_TYPES, FIELDS
+
+    for name, annotation in FIELD_TYPES.items():
+        value = getattr(config, name)
+        union = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is Union
+        members = typing.get_args(annotation) if union else (annotation,)
+        kinds = [typing.get_origin(k) or k for k in members]
+        optional = type(None) in kinds
+        kinds = [k for k in kinds if k is not type(None)]
+        if (value is None and optional) or any(_type_ok(k, value) for k in kinds):
+            continue
+        flag_name = FIELDS[name].metadata.get("flag", "--" + name.replace("_", "-"))
+        need = " or ".join(_KINDS.get(k, k.__name__) for k in kinds)
+        raise ValueError(
+            f"{flag_name} (field {name}) must be {need}{' or none' if optional else ''}, "
+            f"got {value!r} ({type(value).__name__})"
+        )
+
+
 def check_config(config: Any) -> tuple[Any, Any]:
     """Check every field of a :class:`jaxbyz.config.Config` before anything compiles; return the
     built rule and attack. Raises one ValueError naming the flag, the value and the fix."""
@@ -194,6 +240,7 @@ def check_config(config: Any) -> tuple[Any, Any]:
     from jaxbyz.schedules import parse_piecewise
 
     c = config
+    check_types(c)
     if c.nb_steps == -1:
         raise ValueError(
             "--nb-steps -1 (no limit, the paper's default) cannot be honoured: a run is compiled "
