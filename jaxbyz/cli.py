@@ -19,6 +19,14 @@ from typing import Any
 from jaxbyz.config import parse_keyval
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors (an unknown flag, a value of the wrong type) are
+    one line, as every other refusal of the commands: the usage is in ``--help``."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see --help\n")
+
+
 def flag_name(field: dataclasses.Field) -> str:
     """``--nb-workers`` for the field ``nb_workers`` (or the field's ``flag`` metadata)."""
     return field.metadata.get("flag", "--" + field.name.replace("_", "-"))

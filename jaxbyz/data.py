@@ -1,12 +1,27 @@
-"""Dataset sources and on-device sampling.
+"""Dataset sources, their checks, and on-device sampling.
 
 Sources:
-- ``fashion-mnist`` / ``mnist`` from IDX files: a folder given by flag, the environment variable
-  ``JAXBYZ_DATA_DIR``, Debian's ``/usr/share/datasets/<name>`` (package ``dataset-fashion-mnist``),
-  or a one-time download of the official files into ``~/.cache/jaxbyz/<name>``;
+- ``fashion-mnist`` / ``mnist`` from IDX files (each gzipped, ``<name>.gz``, or not), in a folder
+  ``DIR`` or ``DIR/<name>``. An explicit folder, ``--data-dir`` (``Config.data_dir``), is the only
+  one searched: if it lacks any of the four files the load stops with an error naming the folder
+  and the missing files, never falling back to another copy. The environment variable
+  ``JAXBYZ_DATA_DIR`` is taken the same way (the user pointed at it: incomplete, it is an error
+  too). With neither, the search order is Debian's ``/usr/share/datasets/<name>`` (package
+  ``dataset-fashion-mnist``), then ``~/.cache/jaxbyz/<name>``, then a one-time download of the
+  official files into that cache, then tensorflow-datasets;
 - ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100`` through ``tfds.data_source`` (no
   TensorFlow needed; tested with ``tfds.testing.mock_data``);
 - ``synthetic``: a generated Gaussian-mixture classification task of any size.
+
+Checks at load, for every source: a damaged file (a ``.gz`` that is not gzip or whose stream is
+truncated or corrupt, an IDX header with a wrong magic number, data type or number of
+dimensions, announcing more or less data than the file holds) and inconsistent data (images and
+labels of a split in different numbers, an empty split, images not of the dataset's shape, [N,
+28, 28] for (fashion-)MNIST and [N, 32, 32, 3] for CIFAR, labels not integers in ``[0,
+num_classes)``) raise :class:`DatasetError`, a missing dataset :class:`DatasetNotFoundError`;
+both are ``ValueError`` whose message is one line naming the file (or folder, or split), the
+problem and the fix. The checks cost a min and a max over the labels: loading stays one read and
+one decompression per file.
 
 The whole training set lives on the device as raw arrays; each worker's batch is an index gather
 from its own key (``sample_batches``). Pre-processing follows the paper's code: MNIST is scaled to
@@ -18,9 +33,12 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import http.client
+import math
 import os
 import struct
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +54,30 @@ DATASET_ALIASES = {"fashionmnist": "fashion-mnist"}
 # classes of each dataset, known before loading it (for checking a configuration); synthetic:
 # make_synthetic's default
 NUM_CLASSES = {name: 100 if name == "cifar100" else 10 for name in DATASETS}
+# the shape of one stored image (HWC), per dataset and tensorflow-datasets name
+IMAGE_SHAPES = {
+    "fashion-mnist": (28, 28, 1),
+    "mnist": (28, 28, 1),
+    "fashion_mnist": (28, 28, 1),
+    "cifar10": (32, 32, 3),
+    "cifar100": (32, 32, 3),
+}
 IDX_FILES = {
     "train_x": "train-images-idx3-ubyte",
     "train_y": "train-labels-idx1-ubyte",
     "test_x": "t10k-images-idx3-ubyte",
     "test_y": "t10k-labels-idx1-ubyte",
 }
+# IDX data type codes: (words for messages, big-endian NumPy dtype)
+IDX_DTYPES = {
+    0x08: ("unsigned bytes", ">u1"),
+    0x09: ("signed bytes", ">i1"),
+    0x0B: ("16-bit integers", ">i2"),
+    0x0C: ("32-bit integers", ">i4"),
+    0x0D: ("32-bit floats", ">f4"),
+    0x0E: ("64-bit floats", ">f8"),
+}
+GZIP_MAGIC = b"\x1f\x8b"
 IDX_URLS = {
     "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
     "mnist": "https://storage.googleapis.com/cvdf-datasets/mnist/",
@@ -64,6 +100,11 @@ PREPROCESS = {
 
 class DatasetNotFoundError(ValueError):
     """A dataset could not be found or fetched; the message says how to get it."""
+
+
+class DatasetError(ValueError):
+    """A dataset's files are damaged or its arrays inconsistent; the message (one line) names
+    the file, or the dataset and split, and the problem."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,19 +133,153 @@ class Dataset:
 
 
 # --------------------------------------------------------------------------------------------- #
+# Consistency of the arrays
+
+
+def _shape(shape: tuple[int, ...] | tuple[str | int, ...]) -> str:
+    return "[" + ", ".join(str(n) for n in shape) + "]"
+
+
+def _dtype_words(dtype: np.dtype) -> str:
+    for words, code in IDX_DTYPES.values():
+        if (np.dtype(code).kind, np.dtype(code).itemsize) == (dtype.kind, dtype.itemsize):
+            return words
+    return f"{dtype} values"
+
+
+def check_split(
+    name: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    image_shape: tuple[int, ...],
+    num_classes: int,
+    where: tuple[str, str],
+    image_dtype: type | None = np.uint8,
+) -> np.ndarray:
+    """Check one split of dataset ``name``: ``images`` of shape ``[N, *image_shape]`` (and of
+    ``image_dtype`` when given), ``N >= 1``, as many integer ``labels`` ``[N]`` in ``[0,
+    num_classes)``. ``where`` names the images and the labels in messages (their files, or the
+    dataset's split). Raises :class:`DatasetError`; returns the labels as int32."""
+    images_at, labels_at = where
+    if images.shape[1:] != tuple(image_shape):
+        raise DatasetError(
+            f"{images_at} holds an array of shape {_shape(images.shape)}; images of --dataset "
+            f"{name} are {_shape(('N', *image_shape))}"
+        )
+    if image_dtype is not None and images.dtype != np.dtype(image_dtype):
+        raise DatasetError(
+            f"{images_at} holds {_dtype_words(images.dtype)}; images of --dataset {name} are "
+            f"{_dtype_words(np.dtype(image_dtype))}"
+        )
+    if labels.ndim != 1:
+        raise DatasetError(
+            f"{labels_at} holds an array of shape {_shape(labels.shape)}; labels are [N]"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DatasetError(f"{labels_at} holds {_dtype_words(labels.dtype)}; labels are integers")
+    if len(images) == 0:
+        raise DatasetError(f"{images_at} holds no images")
+    if len(labels) != len(images):
+        images_name = images_at
+        if Path(images_at).parent == Path(labels_at).parent and os.sep in images_at:
+            images_name = Path(images_at).name
+        raise DatasetError(
+            f"{labels_at} holds {len(labels)} labels for {len(images)} images in {images_name}"
+        )
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        index = int(np.flatnonzero((labels < 0) | (labels >= num_classes))[0])
+        raise DatasetError(
+            f"{labels_at} holds label {int(labels[index])} (at index {index}); --dataset {name} "
+            f"has {num_classes} classes, labels 0 to {num_classes - 1}"
+        )
+    return labels.astype(np.int32)
+
+
+# --------------------------------------------------------------------------------------------- #
 # IDX files
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (optionally gzipped) into a NumPy array."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fd:
-        raw = fd.read()
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _decompress(path: Path, raw: bytes) -> bytes:
+    if raw[:2] != GZIP_MAGIC:
+        start = "it is empty" if not raw else f"it starts with {raw[:4]!r}"
+        raise DatasetError(f"{path}: not a gzip file despite its .gz name ({start})")
+    try:
+        return gzip.decompress(raw)
+    except EOFError:
+        raise DatasetError(
+            f"{path}: truncated gzip stream (the file ends before the stream does)"
+        ) from None
+    except (OSError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        problem = _first_line(err)
+        if problem.startswith("Not a gzipped file"):
+            problem = "unexpected bytes after the gzip stream"
+        raise DatasetError(f"{path}: damaged gzip stream ({problem})") from None
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one IDX file (gzipped when its name ends with ``.gz``) into a NumPy array.
+
+    Raises :class:`DatasetError`, one line naming the file and the problem, for a file that
+    cannot be read, a ``.gz`` that is not gzip or is truncated or corrupt, a plain file that is
+    gzipped, an IDX header with a wrong magic number, an unknown data type or no dimension, and
+    a header announcing more or less data than the file holds.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DatasetError(
+            f"{path}: cannot be read ({err.strerror or _first_line(err)}); fix: make it readable"
+        ) from None
+    gzipped = path.suffix == ".gz"
+    if gzipped:
+        raw = _decompress(path, raw)
+    elif raw[:2] == GZIP_MAGIC:
+        raise DatasetError(
+            f"{path}: gzip-compressed but not named .gz; fix: rename it {path.name}.gz"
+        )
+    decompressed = " once decompressed" if gzipped else ""
+    if len(raw) < 4:
+        raise DatasetError(
+            f"{path}: {len(raw)} bytes{decompressed}, too short for an IDX header (4 bytes)"
+        )
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    shape = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    if zero != 0:
+        raise DatasetError(
+            f"{path}: not an IDX file (it starts with bytes {raw[:4].hex(' ')}{decompressed}; an "
+            "IDX file starts with two zero bytes)"
+        )
+    if dtype_code not in IDX_DTYPES:
+        raise DatasetError(
+            f"{path}: unknown IDX data type 0x{dtype_code:02X} (known: "
+            + ", ".join(f"0x{code:02X} {words}" for code, (words, _) in IDX_DTYPES.items())
+            + ")"
+        )
+    if ndim == 0:
+        raise DatasetError(f"{path}: its IDX header announces 0 dimensions")
+    offset = 4 + 4 * ndim
+    if len(raw) < offset:
+        raise DatasetError(
+            f"{path}: truncated IDX header ({ndim} dimensions need {offset} bytes, the file "
+            f"holds {len(raw)}{decompressed})"
+        )
+    shape = struct.unpack(">" + "I" * ndim, raw[4:offset])
+    words, code = IDX_DTYPES[dtype_code]
+    dtype = np.dtype(code)
+    announced, held = math.prod(shape) * dtype.itemsize, len(raw) - offset
+    if held != announced:
+        problem = "truncated: its" if held < announced else f"{held - announced} bytes too long:"
+        raise DatasetError(
+            f"{path}: {problem} header announces {_shape(shape)} {words} ({announced} bytes of "
+            f"data), the file holds {held}{decompressed}"
+        )
+    return np.frombuffer(raw, dtype, offset=offset).reshape(shape)
 
 
 def _find_idx(folder: Path, stem: str) -> Path | None:
@@ -117,6 +292,16 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 def idx_complete(folder: Path) -> bool:
     """Whether ``folder`` holds the four IDX files of a dataset (gzipped or not)."""
     return all(_find_idx(folder, stem) is not None for stem in IDX_FILES.values())
+
+
+def _lacking(folder: Path) -> list[str]:
+    """What ``folder`` lacks of the four IDX files (a name that is not a regular file: said)."""
+    lacking = []
+    for stem in IDX_FILES.values():
+        if _find_idx(folder, stem) is None:
+            odd = [c for c in (folder / stem, folder / f"{stem}.gz") if c.exists()]
+            lacking.append(f"{odd[0].name} (not a file)" if odd else f"{stem}[.gz]")
+    return lacking
 
 
 def cache_dir() -> Path:
@@ -137,18 +322,49 @@ def _download_idx(name: str, folder: Path) -> None:
         tmp.replace(target)
 
 
-def idx_folders(name: str, data_dir: str | os.PathLike | None) -> list[Path]:
-    """The folders searched for ``name``'s IDX files, in order."""
-    folders = []
+def _chosen_dir(data_dir: str | os.PathLike | None) -> tuple[Path, str] | None:
+    """The folder the user chose, ``data_dir`` or else ``$JAXBYZ_DATA_DIR``, and how it was
+    chosen (for messages); None when neither is set."""
     if data_dir is not None:
-        folders += [Path(data_dir), Path(data_dir) / name]
+        return Path(data_dir), "--data-dir"
     env = os.environ.get("JAXBYZ_DATA_DIR")
     if env:
-        folders += [Path(env), Path(env) / name]
-    if name in DEBIAN_DIRS:
-        folders.append(Path(DEBIAN_DIRS[name]))
-    folders.append(cache_dir() / name)
-    return folders
+        return Path(env), "$JAXBYZ_DATA_DIR"
+    return None
+
+
+def idx_folders(name: str, data_dir: str | os.PathLike | None) -> list[Path]:
+    """The folders searched for ``name``'s IDX files, in order: ``data_dir`` and
+    ``data_dir/<name>`` when given (nothing else), else the same under ``$JAXBYZ_DATA_DIR``
+    when set (nothing else), else Debian's folder and the download cache."""
+    chosen = _chosen_dir(data_dir)
+    if chosen is not None:
+        return [chosen[0], chosen[0] / name]
+    folders = [Path(DEBIAN_DIRS[name])] if name in DEBIAN_DIRS else []
+    return [*folders, cache_dir() / name]
+
+
+def _default_search(name: str) -> str:
+    debian = f"{DEBIAN_DIRS[name]}, " if name in DEBIAN_DIRS else ""
+    return f"{debian}{cache_dir() / name} or a one-time download"
+
+
+def _not_in_chosen(name: str, folder: Path, how: str) -> DatasetNotFoundError:
+    """The error of a chosen folder (``--data-dir`` or ``$JAXBYZ_DATA_DIR``) without the files."""
+    if not folder.exists():
+        problem = "the folder does not exist"
+    elif not folder.is_dir():
+        problem = "it is not a folder"
+    else:
+        best = min((folder, folder / name), key=lambda f: len(_lacking(f)))
+        problem = f"{best} lacks {', '.join(_lacking(best))}"
+    drop = "drop --data-dir" if how == "--data-dir" else "unset JAXBYZ_DATA_DIR"
+    return DatasetNotFoundError(
+        f"--dataset {name}: not found in {how} {folder}: {problem} (a chosen folder is the only "
+        f"one searched); fix: put the four IDX files (gzipped or not) in {folder} or "
+        f"{folder / name}, or {drop} to use {_default_search(name)}, or run with --dataset "
+        "synthetic"
+    )
 
 
 def _not_found(name: str, folders: list[Path], reasons: list[str]) -> DatasetNotFoundError:
@@ -162,34 +378,45 @@ def _not_found(name: str, folders: list[Path], reasons: list[str]) -> DatasetNot
     )
 
 
-def load_idx_dataset(
-    name: str, data_dir: str | os.PathLike | None = None, download: bool = True
-) -> Dataset:
-    """Load ``fashion-mnist`` or ``mnist`` from IDX files, downloading them once if allowed."""
-    folders = idx_folders(name, data_dir)
-    folder = next((f for f in folders if idx_complete(f)), None)
-    reasons = []
-    if folder is None and download:
-        try:
-            _download_idx(name, cache_dir() / name)
-            folder = cache_dir() / name
-        except OSError as err:
-            reasons.append(f"download failed: {err}")
-    if folder is None:
-        try:
-            return load_tfds_dataset(name.replace("-", "_"), data_dir=None, download=download)
-        except DatasetNotFoundError as err:
-            reasons.append(f"tensorflow-datasets: {err}")
-        raise _not_found(name, folders, reasons)
-    arrays = {key: read_idx(_find_idx(folder, stem)) for key, stem in IDX_FILES.items()}
+def _damaged_fix(name: str, folder: Path) -> str:
+    """How to repair damaged IDX files of ``folder``."""
+    if folder == cache_dir() / name:
+        return f"fix: delete {folder} to download the dataset again"
+    if name in DEBIAN_DIRS and folder == Path(DEBIAN_DIRS[name]):
+        return f"fix: `apt-get install --reinstall dataset-{name}`"
+    return "fix: replace the file with the dataset's original one"
+
+
+def read_idx_folder(name: str, folder: Path) -> Dataset:
+    """Read and check the four IDX files of dataset ``name`` (``fashion-mnist`` or ``mnist``)
+    in ``folder`` (which must hold them); raises :class:`DatasetError` naming the file."""
+    paths = {key: _find_idx(folder, stem) for key, stem in IDX_FILES.items()}
+    arrays = {}
+    try:
+        for key, path in paths.items():
+            arrays[key] = read_idx(path)
+        labels = {
+            split: check_split(
+                name,
+                arrays[f"{split}_x"],
+                arrays[f"{split}_y"],
+                IMAGE_SHAPES[name][:2],
+                NUM_CLASSES[name],
+                (str(paths[f"{split}_x"]), str(paths[f"{split}_y"])),
+            )
+            for split in ("train", "test")
+        }
+    except DatasetError as err:
+        fix = "" if "fix:" in str(err) else f"; {_damaged_fix(name, folder)}"
+        raise DatasetError(f"--dataset {name}: {err}{fix}") from None
     mean, std, flip = PREPROCESS[name]
     return Dataset(
         name=name,
         train_x=arrays["train_x"][..., None],
-        train_y=arrays["train_y"].astype(np.int32),
+        train_y=labels["train"],
         test_x=arrays["test_x"][..., None],
-        test_y=arrays["test_y"].astype(np.int32),
-        num_classes=10,
+        test_y=labels["test"],
+        num_classes=NUM_CLASSES[name],
         scale=1.0 / 255.0,
         mean=mean,
         std=std,
@@ -197,26 +424,74 @@ def load_idx_dataset(
     )
 
 
+def load_idx_dataset(
+    name: str, data_dir: str | os.PathLike | None = None, download: bool = True
+) -> Dataset:
+    """Load ``fashion-mnist`` or ``mnist`` from IDX files (see the module's docstring for where
+    they are searched), downloading them once if allowed and no folder was chosen."""
+    chosen = _chosen_dir(data_dir)
+    folders = idx_folders(name, data_dir)
+    folder = next((f for f in folders if idx_complete(f)), None)
+    if chosen is not None:
+        if folder is None:
+            raise _not_in_chosen(name, *chosen)
+        return read_idx_folder(name, folder)
+    reasons = []
+    if folder is None and download:
+        try:
+            _download_idx(name, cache_dir() / name)
+            folder = cache_dir() / name
+        except (OSError, http.client.HTTPException) as err:
+            reasons.append(f"download failed: {_first_line(err)}")
+    if folder is None:
+        try:
+            return load_tfds_dataset(name.replace("-", "_"), data_dir=None, download=download)
+        except DatasetNotFoundError as err:
+            reasons.append(f"tensorflow-datasets: {err}")
+        raise _not_found(name, folders, reasons)
+    return read_idx_folder(name, folder)
+
+
 # --------------------------------------------------------------------------------------------- #
 # tensorflow-datasets
 
 
-def _tfds_split(source) -> tuple[np.ndarray, np.ndarray]:
+def _tfds_items(source) -> list[dict[str, Any]]:
     try:
-        items = source.__getitems__(list(range(len(source))))
+        return list(source.__getitems__(list(range(len(source)))))
     except TypeError:  # tfds.testing.mock_data patches sources without a bound __getitems__
-        items = [source[i] for i in range(len(source))]
-    images = np.stack([np.asarray(item["image"]) for item in items])
-    labels = np.asarray([item["label"] for item in items], np.int32)
+        return [source[i] for i in range(len(source))]
+
+
+def _tfds_split(
+    name: str, split: str, items: list[dict[str, Any]], num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    where = f"tensorflow-datasets {name} split {split!r}"
+    if not items:
+        raise DatasetError(f"--dataset {name}: {where} holds no images")
+    try:
+        images = np.stack([np.asarray(item["image"]) for item in items])
+    except ValueError:
+        shapes = sorted({np.shape(item["image"]) for item in items})
+        raise DatasetError(
+            f"--dataset {name}: {where} holds images of different shapes "
+            + ", ".join(_shape(s) for s in shapes[:4])
+        ) from None
+    labels = np.asarray([item["label"] for item in items])
     if images.ndim == 3:
         images = images[..., None]
+    try:
+        labels = check_split(name, images, labels, IMAGE_SHAPES[name], num_classes, (where, where))
+    except DatasetError as err:
+        raise DatasetError(f"--dataset {name}: {err}") from None
     return images, labels
 
 
 def load_tfds_dataset(
     name: str, data_dir: str | os.PathLike | None = None, download: bool = True
 ) -> Dataset:
-    """Load ``mnist``, ``fashion_mnist``, ``cifar10`` or ``cifar100`` with ``tfds.data_source``."""
+    """Load ``mnist``, ``fashion_mnist``, ``cifar10`` or ``cifar100`` with ``tfds.data_source``,
+    and check it (:func:`check_split`)."""
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:
@@ -230,8 +505,7 @@ def load_tfds_dataset(
             data_dir=None if data_dir is None else str(data_dir),
             download=download,
         )
-        train_x, train_y = _tfds_split(sources[0])
-        test_x, test_y = _tfds_split(sources[1])
+        items = {"train": _tfds_items(sources[0]), "test": _tfds_items(sources[1])}
         info = tfds.builder(name, data_dir=None if data_dir is None else str(data_dir)).info
         num_classes = int(info.features["label"].num_classes)
     except Exception as err:  # tfds raises many kinds: report them all the same way
@@ -240,6 +514,14 @@ def load_tfds_dataset(
             f"{str(err).splitlines()[0] if str(err) else ''}); fix: run once with network access, "
             f"or pass --data-dir to a prepared tfds folder, or use --dataset synthetic"
         ) from err
+    expected = NUM_CLASSES.get(name, num_classes)
+    if num_classes != expected:
+        raise DatasetError(
+            f"--dataset {name}: tensorflow-datasets describes {num_classes} classes, "
+            f"expected {expected}"
+        )
+    train_x, train_y = _tfds_split(name, "train", items["train"], num_classes)
+    test_x, test_y = _tfds_split(name, "test", items["test"], num_classes)
     mean, std, flip = PREPROCESS.get(name, ((0.0,), (1.0,), False))
     return Dataset(
         name=name,
@@ -276,6 +558,10 @@ def make_synthetic(
     for param, value in (("n_train", n_train), ("n_test", n_test), ("num_classes", num_classes)):
         if value < 1:
             raise ValueError(f"synthetic dataset: {param} must be >= 1, got {value}")
+    if not shape or any(int(n) != n or n < 1 for n in shape):
+        raise ValueError(f"synthetic dataset: shape must be positive integers, got {shape}")
+    if not np.isfinite(separation):
+        raise ValueError(f"synthetic dataset: separation must be finite, got {separation}")
     rng = np.random.default_rng(seed)
     dim = int(np.prod(shape))
     scale = np.float32(3.0 / np.sqrt(dim))  # a NumPy float64 scalar would promote the arrays
@@ -289,6 +575,9 @@ def make_synthetic(
 
     train_x, train_y = draw(n_train)
     test_x, test_y = draw(n_test)
+    for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "test")):
+        where = f"synthetic split {split!r}"
+        check_split("synthetic", images, labels, shape, num_classes, (where, where), np.float32)
     mean, std, flip = PREPROCESS["synthetic"]
     return Dataset("synthetic", train_x, train_y, test_x, test_y, num_classes, 1.0, mean, std, flip)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxbyz.rows import HIGHEST, row_mean
 
@@ -148,3 +149,14 @@ def study(
         "learning_rate": learning_rate,
     }
     return {name: jnp.asarray(values[name], jnp.float32) for name in NAMES}, past
+
+
+def divergence(loss: np.ndarray, parameters_finite: bool = True) -> int | None:
+    """The step at which a run diverged, from its per-step losses (host side): the first step
+    whose loss is not finite; with finite losses but non-finite final parameters, the step after
+    the last; None when it did not diverge. The train command and the sweep both use it, and
+    neither counts an evaluation taken at or after that step."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(loss)))
+    if bad.size:
+        return int(bad[0])
+    return None if parameters_finite else int(np.asarray(loss).shape[0])

@@ -43,6 +43,7 @@ from jaxbyz import initializers, losses, models, schedules, transforms
 from jaxbyz import metrics as metrics_lib
 from jaxbyz.config import Config, HyperParams
 from jaxbyz.momentum import Composition, compose
+from jaxbyz.resources import check_memory
 from jaxbyz.rows import row_mean
 from jaxbyz.sharding import Layout
 from jaxbyz.validation import check_config
@@ -522,7 +523,7 @@ def make_simulation(
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy, train=False))
     params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"])
     flat, unravel = ravel_pytree(params)
-    return Simulation(
+    sim = Simulation(
         config=config,
         dataset=dataset,
         rule=rule,
@@ -532,9 +533,12 @@ def make_simulation(
         dim=int(flat.shape[0]),
         model_state_shape={k: v for k, v in shapes.items() if k != "params"},
         bound=rule.upper_bound(config.nb_workers, config.nb_decl_byz, int(flat.shape[0])),
-        arrays=_device_arrays(config, dataset, layout),
+        arrays={},
         layout=layout,
     )
+    if layout.mesh is None:  # split over devices, each holds a part: not checked here
+        check_memory(sim)
+    return dataclasses.replace(sim, arrays=_device_arrays(config, dataset, layout))
 
 
 def make_train(

@@ -31,7 +31,7 @@ import numpy as np
 from jaxbyz import aggregators, attacks, checkpoint, cli
 from jaxbyz.config import Config, flag
 from jaxbyz.data import DATASET_ALIASES, DatasetNotFoundError
-from jaxbyz.metrics import NAMES
+from jaxbyz.metrics import NAMES, divergence
 
 ACCURACY_DIGITS = 6  # decimals of the accuracies in eval.csv and summary.json
 
@@ -101,9 +101,9 @@ class RunOptions:
     process_id: int | None = flag(None, "several hosts: this process's index")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> cli.Parser:
     """The argument parser: one flag per :class:`Config` and :class:`RunOptions` field."""
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
         prog="python -m jaxbyz.train",
         description="Simulate one Byzantine-resilient SGD run (El-Mhamdi, Guerraoui & Rouault, "
         "ICLR 2021): n workers, f of them Byzantine, a robust aggregation rule at the server, "
@@ -192,6 +192,38 @@ def prepare_directory(path: str | None, config: Config) -> Start | None:
     return _resumable(directory, config)
 
 
+def check_writable(path: str | None, create: bool) -> None:
+    """Refuse, before anything is computed, a result directory that cannot be written: one under
+    a file, or one where a probe file cannot be created (``create``: make the directory, probe
+    it and remove what was made; else only look at the nearest existing folder)."""
+    if path is None:
+        return
+    directory = Path(path)
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(
+            f"--result-directory {path!r} cannot be created: {str(existing)!r} is a file; "
+            "fix: choose another directory"
+        )
+    try:
+        if not create:
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise PermissionError(f"no write permission on {existing}")
+            return
+        created = [p for p in (directory, *directory.parents) if not p.exists()]
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".jaxbyz-write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+        for folder in created:  # leave nothing behind: the run creates it when it writes
+            folder.rmdir()
+    except OSError as err:
+        raise ValueError(
+            f"--result-directory {path!r} cannot be written ({err.strerror or err}); fix: "
+            "choose a writable directory"
+        ) from None
+
+
 def _resumable(directory: Path, config: Config) -> Start:
     """The latest checkpoint whose results are all in the files (rows of the study for every
     step before it, every evaluation up to it); none: start over."""
@@ -275,6 +307,12 @@ def _open_csv(path: Path, header: list[str], resume_at: int | None, inclusive: b
         keep.append(line)
     path.write_bytes(lines[0] + b"".join(keep))
     return open(path, "a", newline="")
+
+
+@jax.jit
+def _finite(theta: jax.Array) -> jax.Array:
+    """Whether every parameter is finite (a divergence the loss may not show yet)."""
+    return jax.numpy.all(jax.numpy.isfinite(theta))
 
 
 def _as_written(accuracy: Any) -> float:
@@ -378,22 +416,27 @@ def run(
         file=sys.stderr,
         dynamic_ncols=True,
     )
+    diverged_at = None
     try:
         for result in driver.run(programs, state, hp, data, start=step):
             study = jax.tree.map(to_host, result.study)
             writer.study(result.segment.start, study)
             step = result.segment.stop
+            bad = divergence(study["loss"], bool(to_host(_finite(result.state.theta))))
+            if bad is not None:  # no evaluation at or after the divergence counts
+                diverged_at = result.segment.start + bad
             if result.accuracy is not None:
                 accuracy = _as_written(to_host(result.accuracy))
                 writer.evaluation(step, accuracy)
-                curve.append((step, accuracy))
+                if diverged_at is None:
+                    curve.append((step, accuracy))
                 bar.set_postfix(acc=f"{accuracy:.4f}", loss=f"{float(study['loss'][-1]):.3f}")
             bar.update(result.segment.length)
-            if result.segment.checkpoint and directory is not None:
-                _save(directory / "checkpoints", step, result.state, config, total)
-            if not np.isfinite(study["loss"]).all():
+            if diverged_at is not None:
                 status = "diverged"
                 break
+            if result.segment.checkpoint and directory is not None:
+                _save(directory / "checkpoints", step, result.state, config, total)
     except KeyboardInterrupt:
         status = "interrupted"
     finally:
@@ -404,6 +447,7 @@ def run(
         "status": status,
         "steps": step,
         "first_step": first,
+        "diverged_step": diverged_at,
         "best_accuracy": best,
         "best_step": best_step,
         "final_accuracy": curve[-1][1] if curve else float("nan"),
@@ -539,11 +583,13 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(options.device)
         if options.dry_run:
             prepare_directory(options.result_directory, config)
+            check_writable(options.result_directory, create=False)
             dry_run(config, options)
             return 0
         distributed = distributed_args(options)
         # every process checks, before any can create it (process 0 does after the join)
         prepare_directory(options.result_directory, config)
+        check_writable(options.result_directory, create=distributed is None)
         if distributed is not None:
             from jaxbyz.sharding import initialize_distributed
 
@@ -560,6 +606,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     except (ValueError, DatasetNotFoundError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
+    if summary["diverged_step"] is not None:
+        print(f"diverged at step {summary['diverged_step']}: no evaluation from then on counts")
     print(
         f"{summary['status']}: best top-1 accuracy {summary['best_accuracy']:.4f} at step "
         f"{summary['best_step']}; {summary['steps'] - summary['first_step']} steps in "

@@ -146,6 +146,47 @@ def choice(owner: str, name: str, value: Any, options: tuple[str, ...]) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- #
+# Inputs of rules and attacks (checked at trace time: shapes and dtypes only)
+
+
+def count(owner: str, name: str, value: Any) -> int:
+    """A count of rows (``f``): an integer >= 0, not a bool (``f = 1.7`` is not truncated)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise invalid(owner, name, value, "pass an integer >= 0 (a number of Byzantine rows)")
+    return int(value)
+
+
+def matrix(owner: str, name: str, value: Any) -> jax.Array:
+    """``value`` as a ``[k, d]`` array of at least one row and one column: integer and boolean
+    arrays promoted to float32; complex, string or object arrays refused."""
+    import jax.numpy as jnp
+
+    dtype = getattr(value, "dtype", None)
+    shape = getattr(value, "shape", None)
+    if dtype is None or shape is None:
+        try:
+            value = jnp.asarray(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{owner}: {name} must be a [k, d] array of numbers, got {type(value).__name__}"
+            ) from None
+        dtype, shape = value.dtype, value.shape
+    if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
+        raise ValueError(
+            f"{owner}: {name} must be a [k, d] matrix with k >= 1 rows and d >= 1 columns, got "
+            f"shape {tuple(shape)}"
+        )
+    if jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_):
+        return jnp.asarray(value, jnp.float32)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"{owner}: {name} must hold real numbers (float, or integers promoted to float32), "
+            f"got dtype {dtype}"
+        )
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- #
 # Configuration checks
 
 
@@ -183,6 +224,9 @@ def _built(flag_name: str, name: str, build: Callable[[], Any]) -> Any:
     except ValueError as err:
         raise ValueError(f"{flag_name} {name}: {err}") from None
 
+
+MAX_STEPS = 10**8  # steps of one run
+MAX_ROWS = 2**24  # workers, or examples in one worker's batch
 
 _KINDS = {
     int: "an integer",
@@ -255,6 +299,16 @@ def check_config(config: Any) -> tuple[Any, Any]:
         ("--learning-rate-decay-delta", c.learning_rate_decay_delta),
     ):
         _count(flag_name, value, 1)
+    for flag_name, value, bound, why in (
+        ("--nb-steps", c.nb_steps, MAX_STEPS, "the study writes one row per step"),
+        ("--nb-workers", c.nb_workers, MAX_ROWS, "the worker axis is an array axis"),
+        ("--batch-size", c.batch_size, MAX_ROWS, "each worker's batch is gathered on the device"),
+    ):
+        if value > bound:
+            raise ValueError(
+                f"{flag_name} {value:,} is beyond what a run can hold ({bound:,} at most: {why}); "
+                f"fix: a smaller {flag_name}"
+            )
     _count("--evaluation-delta", c.evaluation_delta, 0)
     _count("--nb-for-study", c.nb_for_study, -(2**31))
     _count("--nb-for-study-past", c.nb_for_study_past, 0)

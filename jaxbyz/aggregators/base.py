@@ -10,11 +10,14 @@ into the study metric "fraction of Byzantine vectors accepted".
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from jaxbyz.validation import count, matrix
 
 Array = jax.Array
 
@@ -53,14 +56,21 @@ class Rule:
     def aggregate(
         self, G: Array, f: int, *, key: Array | None = None, prev: Array | None = None
     ) -> tuple[Array, Array | None]:
-        """Aggregate ``G`` ``[n, d]`` tolerating ``f``: (``[d]``, accepted ``[n]`` or None)."""
-        if G.ndim != 2:
-            raise ValueError(f"rule {self.name}: G must be a [n, d] matrix, got shape {G.shape}")
+        """Aggregate ``G`` ``[n, d]`` tolerating ``f``: (``[d]``, accepted ``[n]`` or None).
+
+        Refused with a ValueError naming the rule and the values, before anything is computed
+        (at trace time under ``jit``: the checks read shapes and dtypes only): ``G`` not a
+        two-dimensional numeric array with at least one row and one column, ``f`` not an
+        integer ``>= 0``, ``(n, f)`` outside the rule's constraint (:meth:`check`). Integer and
+        boolean matrices are promoted to float32 (the aggregate of counts is a real number).
+        """
+        G, f = matrix(f"rule {self.name}", "G", G), count(f"rule {self.name}", "f", f)
+        self.check(G.shape[0], f)
         if self.needs_key and key is None:
             raise ValueError(f"rule {self.name} draws randomness: pass key=jax.random.key(...)")
         if self.needs_prev and prev is None:
             prev = jnp.zeros(G.shape[1], G.dtype)
-        return self.fn(G, int(f), key=key, prev=prev, **self.params)
+        return self.fn(G, f, key=key, prev=prev, **self.params)
 
     def __call__(
         self, G: Array, f: int, *, key: Array | None = None, prev: Array | None = None
@@ -70,8 +80,10 @@ class Rule:
 
     def check(self, n: int, f: int) -> None:
         """Raise ``ValueError`` naming the constraint and values if ``(n, f)`` is not allowed."""
-        if not isinstance(n, int) or not isinstance(f, int) or n < 1 or f < 0:
-            raise ValueError(f"{self.name} needs integers n >= 1 and f >= 0, got n={n}, f={f}")
+        integers = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (n, f))
+        if not integers or n < 1 or f < 0:
+            raise ValueError(f"{self.name} needs integers n >= 1 and f >= 0, got n={n!r}, f={f!r}")
+        n, f = int(n), int(f)
         message = None if self.check_fn is None else self.check_fn(n, f, **self.params)
         if message is not None:
             raise ValueError(f"{message}, got n={n}, f={f}")

@@ -18,7 +18,7 @@ from typing import Any
 
 import jax
 
-from jaxbyz.validation import reject_unknown
+from jaxbyz.validation import count, matrix, reject_unknown
 
 Array = jax.Array
 
@@ -63,9 +63,21 @@ class Attack:
         f_decl: int | None = None,
         **overrides: Any,
     ) -> Array:
-        """The ``[f, d]`` Byzantine vectors against honest submissions ``H`` (``[h, d]``)."""
-        if H.ndim != 2:
-            raise ValueError(f"attack {self.name}: H must be a [h, d] matrix, got shape {H.shape}")
+        """The ``[f, d]`` Byzantine vectors against honest submissions ``H`` (``[h, d]``).
+
+        Refused before anything is computed (shapes and dtypes only, so at trace time under
+        ``jit``): ``H`` not a two-dimensional numeric array with at least one honest row and one
+        column (integers promoted to float32), ``f`` or ``f_decl`` not integers with
+        ``0 <= f <= f_decl``.
+        """
+        owner = f"attack {self.name}"
+        H, f = matrix(owner, "H (the honest rows)", H), count(owner, "f", f)
+        f_decl = f if f_decl is None else count(owner, "f_decl", f_decl)
+        if f_decl < f:
+            raise ValueError(
+                f"{owner}: f_decl={f_decl} (the count the rule tolerates) is below f={f} (the "
+                "attackers); fix: f_decl >= f"
+            )
         if self.needs_key and key is None:
             raise ValueError(f"attack {self.name} draws randomness: pass key=jax.random.key(...)")
         if self.needs_rule and rule is None:
@@ -75,8 +87,7 @@ class Attack:
         unknown = {k: overrides[k] for k in sorted(set(overrides) - set(self.params))}
         reject_unknown(f"attack {self.name}", unknown, tuple(self.params))
         params = {**self.params, **overrides}
-        f_decl = f if f_decl is None else int(f_decl)
-        return self.fn(H, int(f), key=key, rule=rule, f_decl=f_decl, **params)
+        return self.fn(H, f, key=key, rule=rule, f_decl=f_decl, **params)
 
     def check(self, n: int, f_decl: int, f_real: int, rule: Any = None) -> None:
         """Raise ``ValueError`` naming the parameter and value when the setting is inadmissible."""

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
@@ -233,7 +232,14 @@ def write_report(
     """Write ``report.md`` (and ``plots/*.png``) in ``root``; return the report's path."""
     root = Path(root)
     pairs = placement_pairs(table) if not table.empty else pd.DataFrame()
-    figures = make_plots(table, curves, root / "plots") if plots and curves is not None else []
+    plots = plots and curves is not None
+    if plots and not plotting_available():
+        print(
+            "note: plots skipped: matplotlib is not installed (pip install 'jaxbyz[plot]')",
+            file=sys.stderr,
+        )
+        plots = False
+    figures = make_plots(table, curves, root / "plots") if plots else []
     lines = _header(table, meta)
     lines += ["## Headline statistic (the paper's)", "", HEADLINE_TEXT, ""]
     if pairs.empty:
@@ -300,8 +306,19 @@ def _failures(table: pd.DataFrame) -> list[str]:
 # Plots
 
 
+def plotting_available() -> bool:
+    """Whether matplotlib (the ``plot`` extra) is installed."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def make_plots(table: pd.DataFrame, curves: pd.DataFrame, folder: Path) -> list[Path]:
     """Accuracy and variance-norm ratio curves per setting: rows attacks, columns rules."""
+    import matplotlib
+
     matplotlib.use("Agg")
     attacked = table[table["role"] == "attacked"]
     if attacked.empty or curves.empty:
@@ -390,6 +407,8 @@ def _draw_sampled(ax, cell, by_run) -> None:
 
 
 def _draw_cell(ax, cell, refs, by_run, column: str) -> None:
+    from matplotlib.ticker import NullFormatter
+
     for k, placement in enumerate(PLACEMENTS):
         ids = cell.loc[cell["momentum_at"] == placement, "run_id"]
         curve = _mean_curve(ids, by_run, column)
@@ -409,4 +428,4 @@ def _draw_cell(ax, cell, refs, by_run, column: str) -> None:
         if not bounds.empty:
             ax.axhline(bounds.iloc[0], color="r", lw=0.8, ls=":", label="bound")
         ax.set_yscale("log")
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())

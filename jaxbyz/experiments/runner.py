@@ -170,7 +170,10 @@ class Sweep:
         progress: bool = True,
         log: Log | None = None,
         compile_workers: int | None = None,
+        recorded: tuple[dict[str, dict[str, Any]], dict[str, Curves]] | None = None,
     ) -> None:
+        """``recorded``: the store's runs and curves, already loaded (``Store.load``); by default
+        they are loaded here, a damaged part moved aside with one warning (``log``)."""
         self.grid, self.store, self.max_batch = grid, store, max_batch
         if compile_workers is None:
             compile_workers = default_compile_workers()
@@ -183,7 +186,12 @@ class Sweep:
         self.devices = devices or jax.local_devices()
         self.retry_failed, self.progress = retry_failed, progress
         self.log = log or _log_above_bar
-        self.rows, self.curves = store.load()
+        if recorded is None:
+            recorded = store.load()
+            damage = store.damage_line("their runs are not recorded and run again")
+            if damage is not None:
+                self.log(damage)
+        self.rows, self.curves = recorded
         self.stats = SweepStats(
             runs_total=len(grid.runs),
             devices=[str(d) for d in self.devices],

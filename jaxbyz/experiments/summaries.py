@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from jaxbyz.experiments.grid import Run, program_id
+from jaxbyz.metrics import divergence
 
 RESULT_COLUMNS = (
     "status",
@@ -72,11 +73,14 @@ def summarize(
     steps: np.ndarray,
     bound: float | None,
 ) -> dict[str, Any]:
-    """The result columns of one run from its accuracy curve and per-step loss and ratio."""
-    bad = np.flatnonzero(~np.isfinite(loss))
-    diverged = bad.size > 0 or not theta_finite
-    first_bad = int(bad[0]) if bad.size else len(loss)
-    valid = (steps <= first_bad) & np.isfinite(accuracy)
+    """The result columns of one run from its accuracy curve and per-step loss and ratio.
+    A diverged run (:func:`jaxbyz.metrics.divergence`) counts no evaluation taken at or after
+    the step where it diverged."""
+    first_bad = divergence(loss, theta_finite)
+    diverged = first_bad is not None
+    if first_bad is None:
+        first_bad = len(loss) + 1
+    valid = (steps < first_bad) & np.isfinite(accuracy)
     if valid.any():
         best = int(np.argmax(np.where(valid, accuracy, -np.inf)))  # first maximum: earliest step
         best_accuracy, best_step = float(accuracy[best]), int(steps[best])
@@ -89,7 +93,7 @@ def summarize(
         paper_share = float(np.mean((ratio < bound) & (loss <= loss[0])))
     return {
         "status": "diverged" if diverged else "completed",
-        "reason": f"non-finite loss from step {first_bad}" if diverged else "",
+        "reason": _divergence_reason(first_bad, len(loss)) if diverged else "",
         "best_accuracy": best_accuracy,
         "best_step": best_step,
         "final_accuracy": float(accuracy[-1]),
@@ -101,6 +105,12 @@ def summarize(
         "share_under_bound": share,
         "paper_share_under_bound": paper_share,
     }
+
+
+def _divergence_reason(step: int, steps: int) -> str:
+    if step >= steps:
+        return f"non-finite parameters after the last step ({steps})"
+    return f"non-finite loss from step {step}"
 
 
 def _finite_mean(values: np.ndarray) -> float:
