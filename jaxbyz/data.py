@@ -496,7 +496,8 @@ def load_tfds_dataset(
         import tensorflow_datasets as tfds
     except ImportError as err:
         raise DatasetNotFoundError(
-            f"--dataset {name} needs tensorflow-datasets: `pip install tensorflow-datasets`"
+            f"--dataset {name} needs tensorflow-datasets: `pip install 'jaxbyz[tfds]'` (or "
+            "`pip install tensorflow-datasets`)"
         ) from err
     try:
         sources = tfds.data_source(

@@ -308,4 +308,4 @@ def test_tfds_dataset_without_tensorflow_datasets_says_what_to_install():
     result = _without("tensorflow_datasets", code)
     assert result.returncode == 2
     line = one_error_line(result.stderr)
-    assert "--dataset cifar10 needs tensorflow-datasets" in line and "pip install" in line
+    assert "--dataset cifar10 needs tensorflow-datasets" in line and "jaxbyz[tfds]" in line

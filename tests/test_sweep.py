@@ -333,7 +333,11 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, standins):
         attack_args = { no_such_argument = 1.0 }
         """,
     )
-    g = grid_lib.load_grid(path)
+    # the grid checks refuse the unknown argument before anything runs; unchecked, the runner
+    # must still record such a run as an error and go on
+    with pytest.raises(ValueError, match=r"attack_args = .*no_such_argument"):
+        grid_lib.load_grid(path)
+    g = grid_lib.load_grid(path, check=False)
     store = runner.Store(tmp_path / "out")
     stats = runner.Sweep(g, store, max_batch=4, progress=False, log=lambda _: None).run()
     assert stats.runs_executed == 6 and stats.failed == 4 and stats.compiled == 1

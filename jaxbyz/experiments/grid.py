@@ -350,9 +350,6 @@ class _Source:
         return f"{self.label}: {field} = {_toml(value)}{where}"
 
 
-_SET = _Source("--set")
-
-
 def _one_line(text: str) -> str:
     return text.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
 
@@ -405,11 +402,11 @@ def _got(value: Any) -> str:
     if isinstance(value, int):
         return "an integer"
     if isinstance(value, float):
-        return "a number" if math.isfinite(value) else f"{_toml(value)}, not a finite number"
+        return "a number" if math.isfinite(value) else _toml(value)
     if isinstance(value, str):
         return "a string"
     if isinstance(value, list):
-        return "an array (a list inside a list is not an axis)"
+        return "an array"
     if isinstance(value, dict):
         return "a table"
     if hasattr(value, "isoformat"):
@@ -426,7 +423,9 @@ def _axis_of(spec: Mapping[str, Any], field: str, value: Any) -> str:
         for i, table in enumerate(tables if isinstance(tables, list) else []):
             if isinstance(table, dict) and field in table:
                 values = table[field] if isinstance(table[field], list) else [table[field]]
-                if any(repr(_coerce(field, v)) == repr(value) for v in values):
+                if repr(table[field]) == repr(value) or any(
+                    repr(_coerce(field, v)) == repr(value) for v in values
+                ):
                     return f" (in [[axis.{label}]] #{i + 1})"
     return ""
 
@@ -533,9 +532,11 @@ def parse_seeds(text: str) -> list[int]:
             "--seeds 1-5"
         )
     seeds = [s for first, last in bounds for s in range(first, last + 1)]
-    if len(set(seeds)) != len(seeds):
-        twice = next(s for i, s in enumerate(seeds) if s in seeds[:i])
-        raise GridError(f"{at}: seed {twice} is given twice; give each seed once")
+    seen: set[int] = set()
+    for seed in seeds:
+        if seed in seen:
+            raise GridError(f"{at}: seed {seed} is given twice; give each seed once")
+        seen.add(seed)
     return seeds
 
 
@@ -628,25 +629,30 @@ def _value(source: _Source, field: str, raw: Any, spec: Mapping[str, Any] | None
     """``raw`` (one value of ``field``) coerced, its type and range checked."""
     value = _coerce(field, raw)
     kinds, optional = _kinds(field)
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        raise GridError(
+            f"{source.head(field, raw, spec)}: too large for a number (a float holds at most "
+            f"about 1.8e308){_example(field, source)}"
+        )
     if not ((value is None and optional) or any(_type_ok(k, value) for k in kinds)):
         need = " or ".join(_KINDS.get(k, k.__name__) for k in kinds)
         need += ' or "none"' if optional else ""
-        hint = ""
+        hint = " (a list inside a list is not an axis)" if isinstance(raw, list) else ""
         if isinstance(raw, _Unparsed):
             hint = " (--set takes TOML values: numbers, true/false, [lists], {tables}, strings)"
         raise GridError(
             f"{source.head(field, raw, spec)}: must be {need}, got {_got(raw)}"
             f"{_example(field, source)}{hint}"
         )
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_MAX:
-        raise GridError(
-            f"{source.head(field, raw, spec)}: out of range; integers are 32-bit, at most "
-            f"{INT_MAX} in absolute value{_example(field, source)}"
-        )
     if field == "seed" and value is not None and not 0 <= value <= SEED_MAX:
         raise GridError(
             f"{source.head(field, raw, spec)}: seeds of a grid are integers from 0 to "
             f"{SEED_MAX} (a negative seed, drawn at random, cannot be resumed); e.g. seed = [1, 2]"
+        )
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_MAX:
+        raise GridError(
+            f"{source.head(field, raw, spec)}: out of range; integers are 32-bit, at most "
+            f"{INT_MAX} in absolute value{_example(field, source)}"
         )
     return value
 
@@ -902,6 +908,11 @@ def _check_keys(spec: Mapping[str, Any], src: _Source) -> None:
                 f"{src.label}: seeds = {_toml(spec['seeds'])}: must be a list of integers, got "
                 f"{_got(spec['seeds'])}; e.g. seeds = [1, 2, 3]"
             )
+        if isinstance(spec["seeds"], list) and len(spec["seeds"]) > MAX_SEEDS:
+            raise GridError(
+                f"{src.label}: seeds = {_toml(spec['seeds'])}: {len(spec['seeds'])} seeds; at "
+                f"most {MAX_SEEDS} in a sweep; fix: fewer seeds"
+            )
     axes = spec.get("axis", {})
     if not isinstance(axes, dict):
         raise GridError(
@@ -948,17 +959,18 @@ def _axes(spec: Mapping[str, Any], src: _Source, check: bool) -> list[list[dict[
             sized.append((key, value))
     if "seeds" in spec and "seed" not in spec:
         sized.append(("seed", spec["seeds"]))
-    sizes = [len(v) if isinstance(v, list) else 1 for _, v in sized]
-    for tables in spec.get("axis", {}).values():
-        sizes.append(
-            sum(math.prod(len(v) if isinstance(v, list) else 1 for v in t.values()) for t in tables)
+    sizes = [(key, len(v) if isinstance(v, list) else 1) for key, v in sized]
+    for label, tables in spec.get("axis", {}).items():
+        count = sum(
+            math.prod(len(v) if isinstance(v, list) else 1 for v in t.values()) for t in tables
         )
-    total = math.prod(sizes)
+        sizes.append((f"axis.{label}", count))
+    total = math.prod(size for _, size in sizes)
     if total > MAX_COMBINATIONS:
+        factors = " x ".join(f"{size} {key}" for key, size in sizes if size > 1)
         raise GridError(
-            f"{src.label}: its product has {total} combinations "
-            f"({' x '.join(map(str, sizes))}); at most {MAX_COMBINATIONS} in one grid; fix: "
-            "shorten its lists or split it"
+            f"{src.label}: its product has {total} combinations ({factors}); at most "
+            f"{MAX_COMBINATIONS} in one grid; fix: shorten its lists or split the grid"
         )
     axes: list[list[dict[str, Any]]] = []
     for key, value in sized:
@@ -1046,7 +1058,10 @@ def _check_baselines(bases: list[Config], src: _Source) -> None:
         key = repr([getattr(config, f) for f in GROUPS[-1]])
         if key not in seen:
             seen.add(key)
-            _check_probe(config, {}, src)
+            try:
+                _check_probe(config, {}, src)
+            except GridError as err:
+                raise GridError(f"{err} (in the unattacked baseline: n - f workers)") from None
 
 
 def _check_probe(probe: Config, spec: Mapping[str, Any], src: _Source) -> None:
@@ -1158,7 +1173,7 @@ def inadmissible(config: Config) -> str | None:
         try:
             rule.check(config.nb_workers, config.nb_decl_byz)
         except ValueError as err:
-            return f"{config.gar}: {err}"
+            return f"{config.gar if config.gars is None else 'gars ' + config.gars}: {err}"
         return None
     a, b = MIN_WORKERS.get(config.gar, (0, 1))
     if config.nb_workers < a * config.nb_decl_byz + b:

@@ -37,6 +37,7 @@ from jaxbyz.driver import Driver, Programs, concatenate_studies
 from jaxbyz.experiments.grid import Grid, Program, Run, chunks, group_programs
 from jaxbyz.experiments.storage import Curves, Store
 from jaxbyz.experiments.summaries import config_row, error_result, segment_means, summarize
+from jaxbyz.resources import check_memory
 from jaxbyz.validation import check_config
 
 __all__ = ["Store", "Sweep", "SweepStats", "config_row", "resolve_devices"]
@@ -171,9 +172,12 @@ class Sweep:
         log: Log | None = None,
         compile_workers: int | None = None,
         recorded: tuple[dict[str, dict[str, Any]], dict[str, Curves]] | None = None,
+        datasets: dict[tuple, data_lib.Dataset] | None = None,
     ) -> None:
         """``recorded``: the store's runs and curves, already loaded (``Store.load``); by default
-        they are loaded here, a damaged part moved aside with one warning (``log``)."""
+        they are loaded here, a damaged part moved aside with one warning (``log``).
+        ``datasets``: data sets already loaded, by ``(dataset, data_dir)`` (the others are
+        loaded when a program first needs them)."""
         self.grid, self.store, self.max_batch = grid, store, max_batch
         if compile_workers is None:
             compile_workers = default_compile_workers()
@@ -198,7 +202,7 @@ class Sweep:
             compile_workers=self.compile_workers,
         )
         self.after_batch: Callable[[SweepStats], None] | None = None
-        self._datasets: dict[tuple, data_lib.Dataset] = {}
+        self._datasets: dict[tuple, data_lib.Dataset] = dict(datasets or {})
         self._arrays: dict[tuple, dict[str, jax.Array]] = {}
         self._lock = threading.Lock()  # the dataset and array caches, shared by the builders
 
@@ -338,6 +342,7 @@ class Sweep:
             return prepared
         for runs in {len(b): b for b in batches}.values():  # one batch of each size
             try:
+                check_memory(prepared["sim"], runs=len(runs), device=device)
                 self._compiled(prepared, self._inputs(prepared, runs, device), device, len(runs))
             except Exception as err:
                 prepared["error"] = f"{type(err).__name__}: {err}"  # it would fail again

@@ -49,12 +49,13 @@ with the same command: finished runs are skipped. One sweep at a time runs in an
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser; ``--help`` lists the presets."""
+    from jaxbyz.cli import Parser
     from jaxbyz.experiments import grid
 
     presets = "\n".join(
         f"  {name:22s}{grid.read_spec(name).get('description', '')}" for name in grid.preset_names()
     )
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m jaxbyz.experiments.sweep",
         description="Run a grid of simulated Byzantine-resilient SGD runs (El-Mhamdi, Guerraoui "
         "& Rouault, ICLR 2021): a preset (the paper's grids) or a TOML file; runs that share "
@@ -301,21 +302,24 @@ def report(
     return write_report(store.root, table, curves_frame, shown, plots=plots)
 
 
-def check_datasets(sweep: Any) -> None:
-    """Load every dataset of the grid now, so that a missing one stops the sweep with one line
-    (instead of failing each of its runs)."""
-    from jaxbyz.data import DatasetNotFoundError
+def load_datasets(grid: Any) -> dict[tuple, Any]:
+    """Load every dataset of the grid's runs now, before anything is written or compiled, so
+    that a missing or damaged one stops the sweep with one line (instead of failing each of its
+    runs); returned by ``(dataset, data_dir)`` for the sweep to use."""
+    from jaxbyz.data import DatasetError, DatasetNotFoundError, load_dataset
 
-    seen = set()
-    for run in sweep.grid.runs:
+    loaded: dict[tuple, Any] = {}
+    for run in grid.runs:
         key = (run.config.dataset, run.config.data_dir)
-        if key in seen:
+        if key in loaded:
             continue
-        seen.add(key)
         try:
-            sweep.dataset(run.config)
+            loaded[key] = load_dataset(*key)
         except DatasetNotFoundError as err:
             raise ValueError(f"{err}; for a sweep: --set dataset=synthetic") from None
+        except DatasetError as err:
+            raise ValueError(str(err)) from None
+    return loaded
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -375,6 +379,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
         dry_run(_sweep(args, grid, store, devices, recorded))
         return 0
     devices = runner.resolve_devices(args.devices, args.platform)
+    datasets = load_datasets(grid)  # a missing dataset leaves no folder behind
     store.check_writable(create=True)  # before anything is computed
     command = "python -m jaxbyz.experiments.sweep " + shlex.join(
         sys.argv[1:] if argv is None else argv
@@ -384,8 +389,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
         warn_damaged_tables(store)
         recorded = load_parts(store, "their runs are not recorded and run again")
         meta = grid_identity(store, meta, grid, set(recorded[0]), args.add, another)
-        sweep = _sweep(args, grid, store, devices, recorded)
-        check_datasets(sweep)
+        sweep = _sweep(args, grid, store, devices, recorded, datasets)
         runner.enable_compilation_cache(
             None if args.cache_dir.lower() == "none" else args.cache_dir
         )
@@ -401,7 +405,14 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
     return 0 if failed == 0 else 1
 
 
-def _sweep(args: argparse.Namespace, grid: Any, store: Any, devices: list, recorded: tuple):
+def _sweep(
+    args: argparse.Namespace,
+    grid: Any,
+    store: Any,
+    devices: list,
+    recorded: tuple,
+    datasets: dict[tuple, Any] | None = None,
+):
     from jaxbyz.experiments import runner
 
     return runner.Sweep(
@@ -413,6 +424,7 @@ def _sweep(args: argparse.Namespace, grid: Any, store: Any, devices: list, recor
         progress=not args.no_progress,
         compile_workers=args.compile_workers,
         recorded=recorded,
+        datasets=datasets,
     )
 
 
