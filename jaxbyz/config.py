@@ -95,7 +95,17 @@ class Config:
     )
     batch_size: int = flag(83, "per-worker batch", paper=25)
     dirichlet_alpha: float | None = flag(
-        None, "non-IID: split the training set across honest workers with Dirichlet(alpha)"
+        None,
+        "non-IID: split the training set across honest workers with Dirichlet(alpha) (the same "
+        "as --partition dirichlet:ALPHA)",
+    )
+    partition: str = flag(
+        "iid",
+        "how the training set is split across the honest workers: iid (no split), "
+        "dirichlet:ALPHA (Dirichlet(ALPHA) shares of each class), shards:K (sorted by label, cut "
+        "in K x honest shards, K each at random), sorted (sorted by label, one block each), "
+        "gamma:G (a fraction G split IID, the rest sorted)",
+        metavar="SPEC",
     )
     nb_local_steps: int = flag(
         1, "local steps per gradient (1: standard SGD, the only value the paper's code runs)"
@@ -217,6 +227,7 @@ LATER_FIELDS = (
     "criterion_args",
     "l1_regularize",
     "nb_local_steps",
+    "partition",
     "gars",
     "server_optimizer",
     "server_optimizer_args",

@@ -27,6 +27,27 @@ The whole training set lives on the device as raw arrays; each worker's batch is
 from its own key (``sample_batches``). Pre-processing follows the paper's code: MNIST is scaled to
 [0, 1] then normalised with (0.1307, 0.3081); Fashion-MNIST is scaled to [0, 1] with random
 horizontal flips; CIFAR is normalised per channel with random horizontal flips.
+
+Non-IID data (``--partition``, :func:`honest_partition`): the training set is split across the
+``h`` honest workers once, on the host, and each honest worker then samples its batches
+uniformly from its own examples (the Byzantine workers and the study's extra rows keep sampling
+from the whole set). With ``N`` training examples:
+
+- ``iid`` (default): no split, every honest worker samples from the whole set;
+- ``dirichlet:ALPHA`` (alias ``--dirichlet-alpha ALPHA``): each class's examples shared in
+  Dirichlet(ALPHA) proportions (:func:`dirichlet_partition`);
+- ``shards:K``: McMahan et al., "Communication-Efficient Learning of Deep Networks from
+  Decentralized Data", AISTATS 2017: the examples sorted by label, cut in ``K h`` shards, ``K``
+  drawn at random for each worker (:func:`shards_partition`);
+- ``sorted``: the examples sorted by label, cut in ``h`` contiguous blocks
+  (:func:`sorted_partition`; ByzFL's ``extreme_niid``);
+- ``gamma:G``: a fraction ``G`` of the examples split IID, the rest sorted by label and cut in
+  ``h`` blocks (:func:`gamma_partition`; ByzFL's ``gamma_similarity_niid``).
+
+All but ``iid`` give every example to exactly one worker (``dirichlet`` may lend one example to
+a worker left empty) and are deterministic given the seed (``sorted``: whatever the seed).
+``sorted`` and ``gamma`` were checked against ByzFL's ``byzfl/fed_framework/data_distributor.py``
+(LPD-EPFL/byzfl); :func:`gamma_partition` says where they differ.
 """
 
 from __future__ import annotations
@@ -625,6 +646,185 @@ def dirichlet_partition(
     lengths = np.array([len(o) for o in owned], np.int32)
     table = np.stack([np.resize(np.array(o, np.int32), lengths.max()) for o in owned])
     return table, lengths
+
+
+# --------------------------------------------------------------------------------------------- #
+# Non-IID partitions of the honest workers (--partition)
+
+PARTITION_FORMS = (
+    "iid, sorted, dirichlet:ALPHA (ALPHA > 0), shards:K (an integer K >= 1), gamma:G (0 <= G <= 1)"
+)
+# partitions drawn from the run's seed (the others are the same for every seed)
+SEEDED_PARTITIONS = ("dirichlet", "shards", "gamma")
+_EXAMPLES = {"dirichlet": "0.5", "shards": "2", "gamma": "0.5"}
+
+
+def _bad_partition(spec: Any, why: str) -> ValueError:
+    return ValueError(f"--partition {spec!r} is invalid: {why}; accepted: {PARTITION_FORMS}")
+
+
+def parse_partition(spec: str) -> tuple[str, float | int | None]:
+    """``spec`` (``--partition``) as ``(kind, parameter)``: ``("iid", None)``, ``("sorted",
+    None)``, ``("dirichlet", alpha)``, ``("shards", k)`` or ``("gamma", g)``.
+
+    Raises a one-line ValueError naming ``--partition``, the value and the accepted forms.
+    """
+    if not isinstance(spec, str):
+        raise _bad_partition(spec, "it must be a string")
+    kind, sep, raw = spec.strip().lower().partition(":")
+    if kind in ("iid", "sorted"):
+        if sep:
+            raise _bad_partition(spec, f"{kind} takes no parameter")
+        return kind, None
+    if kind not in SEEDED_PARTITIONS:
+        raise _bad_partition(spec, f"unknown partition {kind!r}")
+    if not raw.strip():
+        raise _bad_partition(spec, f"{kind} needs a parameter, e.g. {kind}:{_EXAMPLES[kind]}")
+    if kind == "shards":
+        try:
+            k = int(raw)
+        except ValueError:
+            k = None
+        if k is None or k < 1:
+            raise _bad_partition(spec, f"K={raw.strip()} must be an integer >= 1")
+        return kind, k
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if kind == "dirichlet" and not (math.isfinite(value) and value > 0):
+        raise _bad_partition(spec, f"ALPHA={raw.strip()} must be a finite number > 0")
+    if kind == "gamma" and not 0.0 <= value <= 1.0:
+        raise _bad_partition(spec, f"G={raw.strip()} must be a number in [0, 1]")
+    return kind, value
+
+
+def resolve_partition(
+    partition: str, dirichlet_alpha: float | None = None
+) -> tuple[str, float | int | None]:
+    """The partition of a configuration: ``--partition``, where ``--dirichlet-alpha A`` is an
+    alias of ``--partition dirichlet:A``. Both given and different: ValueError."""
+    parsed = parse_partition(partition)
+    if dirichlet_alpha is None:
+        return parsed
+    alias = ("dirichlet", dirichlet_alpha)
+    if parsed[0] != "iid" and parsed != alias:
+        raise ValueError(
+            f"--partition {partition!r} and --dirichlet-alpha {dirichlet_alpha!r} disagree "
+            f"(--dirichlet-alpha A is --partition dirichlet:A); fix: give only one of them"
+        )
+    return alias
+
+
+def partition_uses_seed(partition: str, dirichlet_alpha: float | None = None) -> bool:
+    """Whether the partition is drawn from the run's seed (True also for an invalid one, which
+    the checks refuse elsewhere)."""
+    try:
+        return resolve_partition(partition, dirichlet_alpha)[0] in SEEDED_PARTITIONS
+    except ValueError:
+        return True
+
+
+def _table(owned: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(table, lengths)`` of :func:`dirichlet_partition` from each worker's indices."""
+    lengths = np.array([len(o) for o in owned], np.int32)
+    table = np.stack([np.resize(np.asarray(o, np.int32), lengths.max()) for o in owned])
+    return table, lengths
+
+
+def _check_split(spec: str, num_examples: int, num_workers: int) -> None:
+    if num_workers < 1 or num_examples < num_workers:
+        raise ValueError(
+            f"--partition {spec}: the {num_examples} training examples cannot be split across "
+            f"{num_workers} honest workers (each needs at least one); fix: fewer workers or a "
+            "larger training set"
+        )
+
+
+def _by_label(labels: np.ndarray, indices: np.ndarray | None = None) -> np.ndarray:
+    """``indices`` (default: all) sorted by label, in index order within a label."""
+    indices = np.arange(len(labels)) if indices is None else np.sort(indices)
+    return indices[np.argsort(labels[indices], kind="stable")]
+
+
+def sorted_partition(labels: np.ndarray, num_workers: int) -> tuple[np.ndarray, np.ndarray]:
+    """The examples sorted by label (index order within a label), cut in ``num_workers``
+    contiguous blocks of sizes ``floor(N / w)`` or one more (the first ``N mod w`` blocks):
+    ByzFL's ``extreme_niid``. Every example is owned once; needs ``N >= w``; no randomness."""
+    _check_split("sorted", len(labels), num_workers)
+    return _table(np.array_split(_by_label(labels), num_workers))
+
+
+def shards_partition(
+    labels: np.ndarray, num_workers: int, shards: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """McMahan et al. (AISTATS 2017)'s pathological non-IID split: the examples sorted by label,
+    cut in ``shards x w`` contiguous shards (sizes ``floor(N / (k w))`` or one more), each worker
+    given ``shards`` of them drawn without replacement from ``seed``. Every example is owned
+    once; needs ``N >= shards x w``."""
+    total = shards * num_workers
+    if shards < 1 or len(labels) < total:
+        raise ValueError(
+            f"--partition shards:{shards}: {total} shards ({shards} per honest worker x "
+            f"{num_workers}) cannot be cut from {len(labels)} training examples; fix: a smaller "
+            "K or fewer workers"
+        )
+    pieces = np.array_split(_by_label(labels), total)
+    order = np.random.default_rng(seed).permutation(total).reshape(num_workers, shards)
+    return _table([np.concatenate([pieces[s] for s in row]) for row in order])
+
+
+def gamma_partition(
+    labels: np.ndarray, num_workers: int, gamma: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """ByzFL's ``gamma_similarity_niid``: ``floor(gamma N)`` examples shuffled and split evenly
+    (the IID share), the other ``N - floor(gamma N)`` sorted by label and cut in ``w``
+    contiguous blocks (:func:`sorted_partition`); worker ``i`` owns one IID piece and block
+    ``i``. ``gamma = 1``: an IID split; ``gamma = 0``: :func:`sorted_partition`.
+
+    Two choices differ from ByzFL (``byzfl/fed_framework/data_distributor.py``, checked): the
+    IID share is a random subset drawn from ``seed`` (ByzFL takes the first ``floor(gamma N)``
+    examples in stored order, which depends on how the files are ordered), and worker ``i``
+    gets IID piece ``w - 1 - i`` (``numpy.array_split`` makes the first pieces of both splits
+    the larger, so ByzFL's worker sizes can differ by 2; reversed, they differ by at most 1 and
+    no worker is empty when ``N >= w``). Every example is owned once.
+    """
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"--partition gamma:{gamma} is invalid: G must be in [0, 1]")
+    _check_split(f"gamma:{gamma}", len(labels), num_workers)
+    shared_count = int(len(labels) * gamma)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    shared = np.array_split(order[:shared_count], num_workers)
+    blocks = np.array_split(_by_label(labels, order[shared_count:]), num_workers)
+    return _table(
+        [np.concatenate([shared[num_workers - 1 - i], blocks[i]]) for i in range(num_workers)]
+    )
+
+
+def honest_partition(
+    labels: np.ndarray,
+    num_workers: int,
+    partition: str = "iid",
+    seed: int = 0,
+    dirichlet_alpha: float | None = None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The training examples of each of ``num_workers`` honest workers as ``(table [w, L],
+    lengths [w])`` (see :func:`dirichlet_partition`), or None for ``iid`` (each worker draws from
+    the whole training set). ``partition`` is ``--partition``, ``dirichlet_alpha`` its alias
+    ``--dirichlet-alpha`` (:func:`resolve_partition`); host-side NumPy, deterministic in
+    ``seed``."""
+    kind, value = resolve_partition(partition, dirichlet_alpha)
+    labels = np.asarray(labels)
+    if kind == "iid":
+        return None
+    if kind == "dirichlet":
+        return dirichlet_partition(labels, num_workers, value, seed=seed)
+    if kind == "shards":
+        return shards_partition(labels, num_workers, int(value), seed)
+    if kind == "gamma":
+        return gamma_partition(labels, num_workers, float(value), seed)
+    return sorted_partition(labels, num_workers)
 
 
 def preprocess(x: Array, dataset: Dataset, xp: Any = jnp) -> Array:

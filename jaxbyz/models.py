@@ -7,12 +7,32 @@
   0.25, dense 10 or 100; each conv followed by ReLU then BatchNorm. Model argument (the paper's
   ``--model-args``): ``cifar100`` (bool): True builds the CIFAR-100 variant (hidden 256, 100
   outputs), False the CIFAR-10 one (hidden 128, 10 outputs); absent, ``num_classes`` decides
-  (hidden 256 when ``num_classes > 10``, ``num_classes`` outputs).
+  (hidden 256 when ``num_classes > 10``, ``num_classes`` outputs);
+- ``cnn-mnist``: the network of PyTorch's MNIST example (``pytorch/examples``, ``mnist/main.py``):
+  conv 3x3/32 (valid, ReLU), conv 3x3/64 (valid, ReLU), max-pool 2x2, dropout 0.25, dense 128
+  (ReLU), dropout 0.5, dense ``num_classes``: 1,199,882 parameters on 28x28x1 inputs;
+- ``logreg``: multinomial logistic regression, the flattened input and one dense layer (7,850
+  parameters on 28x28x1 inputs, 10 classes);
+- ``resnet20``: the CIFAR ResNet-20 of He et al., "Deep Residual Learning for Image
+  Recognition", CVPR 2016, section 4.2: conv 3x3/16, three stages of three basic blocks (conv
+  3x3 - norm - ReLU - conv 3x3 - norm, + shortcut, ReLU) of 16, 32 and 64 channels at 32x32,
+  16x16 and 8x8 (the first block of stages 2 and 3 has stride 2), global average pooling, dense
+  ``num_classes``: 269,722 parameters for 10 classes with the paper's shortcuts. Model arguments:
+  ``shortcut`` ``A`` (default, the paper's choice on CIFAR: identity shortcuts, and where the
+  shape changes, a stride-2 subsampling with zero channels padded, half before and half after,
+  as the widely used ``akamaster/pytorch_resnet_cifar10``; no parameters) or ``B`` (a 1x1
+  projection convolution and norm where the shape changes: 272,474 parameters); ``norm``
+  ``group`` (default: GroupNorm with ``groups`` groups, default 2, a divisor of 16, so that no
+  statistics are carried across steps) or ``batch`` (BatchNorm, as the paper). Convolutions have
+  no bias and He et al.'s N(0, 2 / fan_in) initialisation (ICCV 2015, as the paper); the norms
+  start at scale 1 and bias 0; the dense layer has PyTorch's default initialisation.
 
 Weights and biases are drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), which is what PyTorch's
 default ``Linear``/``Conv2d`` initialisation amounts to, so that runs start from the same
-distribution as the paper's. BatchNorm uses the batch statistics of each worker's own batch in
-training (each worker is a separate ``vmap`` lane) and running statistics in evaluation.
+distribution as the paper's (but ``resnet20``'s convolutions, see above). BatchNorm uses the
+batch statistics of each worker's own batch in training (each worker is a separate ``vmap``
+lane) and running statistics in evaluation: the simulator carries them in its model state, one
+copy updated with the honest workers' average (``empire-cnn``, ``resnet20`` with ``norm:batch``).
 
 Registry: ``get(name, num_classes, **model_args)`` builds a module, ``names()`` lists them.
 A model is any Flax module whose ``__call__(x, train: bool = False)`` maps a batch of inputs
@@ -45,6 +65,7 @@ names): :mod:`jaxbyz.initializers`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -58,7 +79,10 @@ import numpy as np
 from jaxbyz._registry import Registry
 
 __all__ = [
+    "CNNMnist",
     "EmpireCNN",
+    "LogReg",
+    "ResNet20",
     "SimplesConv",
     "SimplesFull",
     "aliases",
@@ -142,6 +166,109 @@ class EmpireCNN(nn.Module):
         x = nn.relu(_dense(hidden, x.shape[-1])(x))
         x = nn.Dropout(0.25, deterministic=not train)(x)
         return nn.log_softmax(_dense(self.num_classes, hidden)(x))
+
+
+class CNNMnist(nn.Module):
+    """The network of PyTorch's MNIST example: conv 3x3/32 (valid, ReLU), conv 3x3/64 (valid,
+    ReLU), max-pool 2x2, dropout 0.25, dense 128 (ReLU), dropout 0.5, dense ``num_classes``."""
+
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = nn.relu(_conv(32, x.shape[-1], 3, "VALID")(x))
+        x = nn.relu(_conv(64, 32, 3, "VALID")(x))
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = nn.Dropout(0.25, deterministic=not train)(x)
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(_dense(128, x.shape[-1])(x))
+        x = nn.Dropout(0.5, deterministic=not train)(x)
+        return nn.log_softmax(_dense(self.num_classes, 128)(x))
+
+
+class LogReg(nn.Module):
+    """Multinomial logistic regression: the flattened input, one dense layer, log-softmax."""
+
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = x.reshape((x.shape[0], -1))
+        return nn.log_softmax(_dense(self.num_classes, x.shape[-1])(x))
+
+
+RESNET_NORMS = ("group", "batch")
+RESNET_SHORTCUTS = ("A", "B")
+# He et al.'s initialisation ("Delving Deep into Rectifiers", ICCV 2015): N(0, 2 / fan_in)
+_he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+def _resnet_norm(norm: str, groups: int, train: bool) -> nn.Module:
+    """ResNet-20's normalisation: BatchNorm (batch statistics in training, running ones in
+    evaluation) or GroupNorm; PyTorch's epsilon and momentum."""
+    if norm == "batch":
+        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+    return nn.GroupNorm(num_groups=groups, epsilon=1e-5)
+
+
+def _resnet_conv(features: int, kernel: int, stride: int = 1) -> nn.Conv:
+    """A bias-free convolution with PyTorch's symmetric padding ``(kernel - 1) / 2`` (XLA's
+    ``"SAME"`` would pad a stride-2 convolution at the end only) and He's initialisation."""
+    pad = (kernel - 1) // 2
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        (stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,
+        kernel_init=_he_normal,
+    )
+
+
+class _ResNetBlock(nn.Module):
+    """A basic block: conv 3x3 - norm - ReLU - conv 3x3 - norm, plus the shortcut, then ReLU."""
+
+    features: int
+    stride: int
+    norm: str
+    groups: int
+    shortcut: str
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        norm = functools.partial(_resnet_norm, self.norm, self.groups, train)
+        y = nn.relu(norm()(_resnet_conv(self.features, 3, self.stride)(x)))
+        y = norm()(_resnet_conv(self.features, 3)(y))
+        if self.stride != 1 or x.shape[-1] != self.features:
+            if self.shortcut == "B":  # projection: conv 1x1 with the block's stride, then norm
+                x = norm()(_resnet_conv(self.features, 1, self.stride)(x))
+            else:  # option A: subsample, then zero channels, half before and half after
+                x = x[:, :: self.stride, :: self.stride, :]
+                extra = self.features - x.shape[-1]
+                x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+        return nn.relu(y + x)
+
+
+class ResNet20(nn.Module):
+    """He et al.'s CIFAR ResNet-20 (CVPR 2016, section 4.2): conv 3x3/16, three stages of three
+    basic blocks (16, 32, 64 channels; the first block of stages 2 and 3 has stride 2), global
+    average pooling, dense ``num_classes``; ``norm`` is ``"group"`` (GroupNorm of ``groups``
+    groups) or ``"batch"`` (BatchNorm), ``shortcut`` is ``"A"`` or ``"B"``."""
+
+    num_classes: int = 10
+    norm: str = "group"
+    groups: int = 2
+    shortcut: str = "A"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = nn.relu(_resnet_norm(self.norm, self.groups, train)(_resnet_conv(16, 3)(x)))
+        for stage, features in enumerate((16, 32, 64)):
+            for index in range(3):
+                stride = 2 if stage > 0 and index == 0 else 1
+                x = _ResNetBlock(features, stride, self.norm, self.groups, self.shortcut)(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.log_softmax(_dense(self.num_classes, x.shape[-1])(x))
 
 
 # ---------------------------------------------------------------------------------------------- #
@@ -269,3 +396,30 @@ def empire_cnn(num_classes: int, cifar100: bool | None = None) -> EmpireCNN:
             + ("omit cifar100" if cifar100 else "pass cifar100:True or omit it")
         )
     return EmpireCNN(num_classes=outputs)
+
+
+register("cnn-mnist")(CNNMnist)
+register("logreg")(LogReg)
+
+
+@register("resnet20")
+def resnet20(
+    num_classes: int, norm: str = "group", groups: int = 2, shortcut: str = "A"
+) -> ResNet20:
+    """He et al.'s CIFAR ResNet-20; ``norm``: ``group`` (GroupNorm, ``groups`` groups, a divisor
+    of 16) or ``batch``; ``shortcut``: ``A`` (zero-padding identity) or ``B`` (projection)."""
+
+    def bad(name: str, value: Any, fix: str) -> ValueError:
+        return ValueError(f"--model-args: model resnet20: {name}={value!r} is invalid; {fix}")
+
+    if norm not in RESNET_NORMS:
+        raise bad("norm", norm, f"pass one of {', '.join(RESNET_NORMS)}")
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise bad("groups", groups, "pass a divisor of 16 (1, 2, 4, 8 or 16)")
+    if 16 % groups:
+        raise bad("groups", groups, "pass a divisor of 16 (1, 2, 4, 8 or 16)")
+    if not isinstance(shortcut, str) or shortcut.upper() not in RESNET_SHORTCUTS:
+        raise bad("shortcut", shortcut, f"pass one of {', '.join(RESNET_SHORTCUTS)}")
+    return ResNet20(
+        num_classes=num_classes, norm=norm, groups=int(groups), shortcut=shortcut.upper()
+    )

@@ -176,15 +176,18 @@ class Simulation:
         # poisoning attackers run the honest workers' stage, or send raw gradients
         poison_placement = c.momentum_at if self.attack.params.get("momentum", True) else "update"
         poisoner = compose(poison_placement, num_workers=poisoners, **placement).worker
-        if c.gradient_clip is None:
-            clip = transforms.per_worker(optax.identity(), self.grad_workers)
-        else:
-            mode = "unit" if c.clip_mode == "paper" else "scale"
-            clip = transforms.per_worker(
-                transforms.clip_by_norm(c.gradient_clip, mode), self.grad_workers
-            )
+        clip = transforms.per_worker(self._clip(), self.grad_workers)
         aggregator = transforms.robust_aggregate(self.rule, c.nb_decl_byz, num_workers=c.nb_workers)
         return Stages(schedule, clip, composition, poisoner, aggregator)
+
+    def _clip(self) -> optax.GradientTransformation:
+        """The clipping of one gradient (``--gradient-clip``; the identity without it)."""
+        c = self.config
+        if c.gradient_clip is None:
+            return optax.identity()
+        return transforms.clip_by_norm(
+            c.gradient_clip, "unit" if c.clip_mode == "paper" else "scale"
+        )
 
     # ------------------------------------------------------------------------------------------ #
     # Initialisation
@@ -271,6 +274,21 @@ class Simulation:
         )
         return grads, losses_, updates
 
+    def _reference_gradient(self, state: State, key: Array, hp: HyperParams, data: Data) -> Array:
+        """The server's own gradient ``[d]`` at ``θ``, on its root set (the ``reference_size``
+        training examples of ``data["root_indices"]``, drawn once per run), clipped as the
+        workers' are: what rules such as FLTrust weigh the received rows by."""
+        k_flip, k_drop = jax.random.split(key)
+        x, y = data_lib.gather_batches(
+            k_flip, data["train_x"], data["train_y"], data["root_indices"][None], self.dataset,
+            self.flip,
+        )  # fmt: skip
+        grad, _ = jax.grad(self._loss, has_aux=True)(
+            state.theta, state.model_state, x[0], y[0], k_drop, hp
+        )
+        clip = self._clip()
+        return clip.update(grad, clip.init(grad))[0]
+
     def _batches(self, keys: Array, rows: int, data: Data, partitioned: bool):
         """``rows`` workers' batches ``[rows, b, ...]``, labels and dropout keys, drawn from
         ``keys`` (index, flip, dropout): from each honest worker's partition when the data is
@@ -325,6 +343,10 @@ class Simulation:
         """One synchronous step of Byzantine SGD; returns the new state and the study metrics."""
         h, f = self.honest, self.byzantine
         key, k_grad, k_attack, k_rule = jax.random.split(state.key, 4)
+        rule, reference = self.rule, None
+        if self.rule.needs_reference:  # the server's gradient on its root set (FLTrust)
+            reference = self._reference_gradient(state, jax.random.fold_in(k_rule, 1), hp, data)
+            rule = self.rule.with_reference(reference)
         stages = self.stages(hp)
         lr = stages.schedule(state.step)
         rows = self.layout.rows
@@ -344,11 +366,11 @@ class Simulation:
         poisoned, poisoner_state = stages.poisoner.update(
             grads[self.sampled :], state.poisoner_state, state.theta, **previous
         )
-        byzantine = self._byzantine(honest, self.layout.columns(poisoned), k_attack, hp)
+        byzantine = self._byzantine(honest, self.layout.columns(poisoned), k_attack, hp, rule)
         chex.assert_shape(byzantine, (f, self.dim))
         received = self.layout.columns(jnp.concatenate([honest, byzantine], axis=0))
         aggregate, aggregator_state = stages.aggregator.update(
-            received, state.aggregator_state, key=k_rule
+            received, state.aggregator_state, key=k_rule, reference=reference
         )
         aggregate = self.layout.replicated(aggregate)
         aggregator_state = aggregator_state._replace(previous=aggregate)
@@ -385,8 +407,11 @@ class Simulation:
         )
         return new_state, study
 
-    def _byzantine(self, honest: Array, poisoned: Array, key: Array, hp: HyperParams) -> Array:
-        """The ``[f, d]`` Byzantine rows: the poisoned workers' submissions, or the attack's."""
+    def _byzantine(
+        self, honest: Array, poisoned: Array, key: Array, hp: HyperParams, rule: Any
+    ) -> Array:
+        """The ``[f, d]`` Byzantine rows: the poisoned workers' submissions, or the attack's
+        (an attack that evaluates the rule sees the server's, its reference gradient bound)."""
         if self.byzantine == 0:
             return jnp.zeros((0, self.dim), honest.dtype)
         if self.poisoning:
@@ -395,7 +420,7 @@ class Simulation:
             honest,
             self.byzantine,
             key=key,
-            rule=self.rule,
+            rule=rule,
             f_decl=self.config.nb_decl_byz,
             **hp.attack,
         )
@@ -492,15 +517,31 @@ def evaluation_steps(nb_steps: int, evaluation_delta: int) -> np.ndarray:
     return np.asarray([*range(0, nb_steps, evaluation_delta), nb_steps])
 
 
-def _device_arrays(config: Config, dataset: data_lib.Dataset, layout: Layout) -> dict[str, Array]:
-    """The data sets on the device (replicated on every device of a mesh)."""
-    arrays = data_lib.host_arrays(dataset)
-    if config.dirichlet_alpha is not None:
-        table, lengths = data_lib.dirichlet_partition(
-            dataset.train_y, config.nb_honests, config.dirichlet_alpha, seed=config.seed
+def root_indices(num_train: int, size: int, seed: int) -> np.ndarray:
+    """The server's root set: ``size`` distinct training examples drawn from ``seed`` (fixed
+    for the run), for rules that read the server's own gradient."""
+    if size > num_train:
+        raise ValueError(
+            f"root_size={size} (the server's clean examples) exceeds the {num_train} training "
+            f"examples; fix: --gar-args root_size:{min(100, num_train)}"
         )
-        arrays["partition_table"] = table
-        arrays["partition_lengths"] = lengths
+    rng = np.random.default_rng([seed % 2**32, 0x5EED])
+    return np.sort(rng.choice(num_train, size, replace=False)).astype(np.int32)
+
+
+def _device_arrays(
+    config: Config, dataset: data_lib.Dataset, layout: Layout, reference_size: int = 0
+) -> dict[str, Array]:
+    """The data sets on the device (replicated on every device of a mesh), with the server's
+    root set when the rule reads the server's gradient (``reference_size`` examples)."""
+    arrays = data_lib.host_arrays(dataset)
+    if reference_size:
+        arrays["root_indices"] = root_indices(len(dataset.train_y), reference_size, config.seed)
+    partition = data_lib.honest_partition(
+        dataset.train_y, config.nb_honests, config.partition, config.seed, config.dirichlet_alpha
+    )
+    if partition is not None:  # --partition (or --dirichlet-alpha): the honest workers' shares
+        arrays["partition_table"], arrays["partition_lengths"] = partition
     if layout.mesh is not None:
         return layout.place(arrays)
     return {name: jnp.asarray(value) for name, value in arrays.items()}
@@ -538,7 +579,8 @@ def make_simulation(
     )
     if layout.mesh is None:  # split over devices, each holds a part: not checked here
         check_memory(sim)
-    return dataclasses.replace(sim, arrays=_device_arrays(config, dataset, layout))
+    arrays = _device_arrays(config, dataset, layout, rule.reference_size)
+    return dataclasses.replace(sim, arrays=arrays)
 
 
 def make_train(

@@ -81,11 +81,13 @@ def robust_aggregate(
 ) -> optax.GradientTransformationExtraArgs:
     """Aggregate the workers' updates with a robust rule: ``[n, ...]`` rows -> one update.
 
-    ``update(updates, state, params=None, *, key=None)`` takes a pytree whose leaves carry a
-    leading worker axis ``[n, ...]``, flattens each worker's update into one row of an
-    ``[n, d]`` matrix ``G``, applies the rule ``F(G, f)`` and returns the aggregate with the
-    structure of one worker's update. ``key`` feeds randomised rules and pre-aggregators
-    (bucketing); the state keeps the previous aggregate for stateful rules (centred clipping).
+    ``update(updates, state, params=None, *, key=None, reference=None)`` takes a pytree whose
+    leaves carry a leading worker axis ``[n, ...]``, flattens each worker's update into one row
+    of an ``[n, d]`` matrix ``G``, applies the rule ``F(G, f)`` and returns the aggregate with
+    the structure of one worker's update. ``key`` feeds randomised rules and pre-aggregators
+    (bucketing); ``reference`` (one update's pytree) is the server's own gradient, for rules
+    that read it (FLTrust); the state keeps the previous aggregate for stateful rules (centred
+    clipping).
 
     Args:
       rule: a rule name (``jaxbyz.aggregators.names()``, built with ``params``) or a built
@@ -125,7 +127,7 @@ def robust_aggregate(
             previous=optax.tree.zeros_like(params), accepted=jnp.zeros((recorded,), jnp.float32)
         )
 
-    def update_fn(updates, state, params=None, *, key=None, **extra_args):
+    def update_fn(updates, state, params=None, *, key=None, reference=None, **extra_args):
         del params, extra_args
         if axis_name is not None:
             updates = jax.tree.map(
@@ -135,7 +137,11 @@ def robust_aggregate(
         if num_workers is not None:
             chex.assert_axis_dimension(rows, 0, num_workers)
         previous, _ = ravel_pytree(state.previous)
-        aggregate, accepted = rule.aggregate(rows, f, key=key, prev=previous.astype(rows.dtype))
+        if reference is not None:
+            reference = ravel_pytree(reference)[0].astype(rows.dtype)
+        aggregate, accepted = rule.aggregate(
+            rows, f, key=key, prev=previous.astype(rows.dtype), reference=reference
+        )
         if num_workers is None:
             accepted = state.accepted
         elif accepted is None:

@@ -279,7 +279,7 @@ def check_config(config: Any) -> tuple[Any, Any]:
     built rule and attack. Raises one ValueError naming the flag, the value and the fix."""
     from jaxbyz import aggregators, attacks, initializers, losses, models, transforms
     from jaxbyz.config import CLIP_MODES
-    from jaxbyz.data import DATASETS, NUM_CLASSES
+    from jaxbyz.data import DATASETS, NUM_CLASSES, resolve_partition
     from jaxbyz.momentum import check_placement
     from jaxbyz.schedules import parse_piecewise
 
@@ -357,6 +357,7 @@ def check_config(config: Any) -> tuple[Any, Any]:
             f"--clip-mode {c.clip_mode!r} is unknown; choose one of {', '.join(CLIP_MODES)}"
         )
     _optional("--dirichlet-alpha", c.dirichlet_alpha, _real, strict=True)
+    resolve_partition(c.partition, c.dirichlet_alpha)  # --partition, and its alias agrees
     if not 0 <= c.nb_decl_byz < c.nb_workers:
         raise ValueError(
             f"--nb-decl-byz must be in [0, nb-workers), got {c.nb_decl_byz} with --nb-workers "

@@ -26,7 +26,7 @@ from jaxbyz.data import make_synthetic
 from jaxbyz.sharding import WORKERS, to_host, worker_mesh
 from jaxbyz.simulator import make_simulation
 
-RULE_F = {"bulyan": 2, "brute": 2}
+RULE_F = {"bulyan": 2, "brute": 2, "smea": 2}
 RUNS = {
     "median-little-worker": dict(gar="median", attack="little", momentum_at="worker"),
     "krum-little-worker": dict(gar="krum", attack="little", momentum_at="worker"),
@@ -51,7 +51,8 @@ def rule_errors(mesh) -> dict[str, float]:
         f = RULE_F.get(name, 4)
 
         def agg(x, rule=rule, f=f):
-            return rule(x, f, key=jax.random.key(1), prev=jnp.zeros(x.shape[1]))
+            ones = jnp.ones(x.shape[1])  # the server's gradient, for the rules that read it
+            return rule(x, f, key=jax.random.key(1), prev=jnp.zeros(x.shape[1]), reference=ones)
 
         expected = np.asarray(jax.jit(agg)(G))
         worst = 0.0

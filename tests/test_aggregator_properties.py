@@ -37,7 +37,12 @@ RULES = [
     ("geomed", {}),
     ("monna", {}),
     ("cclip", {"tau": 1.0}),
+    ("caf", {}),
+    ("smea", {}),
 ]
+# dnc and signguard draw randomness, fltrust reads the server's gradient, and the clustering
+# rules compare directions (no translation equivariance): tests/test_filter_rules.py and
+# tests/test_fltrust.py check their properties.
 SHAPES = [(11, 2), (12, 2)]
 ROBUST = [(name, params) for name, params in RULES if name != "average"]
 COORDINATEWISE = [("median", {}), ("median", {"lower": False}), ("trmean", {})]

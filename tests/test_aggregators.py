@@ -293,6 +293,7 @@ def test_bad_parameters_raise(name: str, params: dict, message: str) -> None:
 def test_registry_names_and_aliases() -> None:
     expected = {"aksel", "average", "brute", "bulyan", "cclip", "cge", "geomed", "krum"}
     expected |= {"meamed", "median", "monna", "phocas", "trmean"}
+    expected |= {"caf", "clippedclustering", "clustering", "dnc", "fltrust", "signguard", "smea"}
     assert set(aggregators.names()) == expected
     for alias, target in [("multikrum", "krum"), ("mda", "brute"), ("cm", "median")]:
         assert aggregators.get(alias).name == target
@@ -356,7 +357,8 @@ def test_vmap_composed_with_key() -> None:
 
 
 def test_flags() -> None:
-    selecting = {"krum", "bulyan", "brute", "aksel", "cge", "monna"}
+    selecting = {"krum", "bulyan", "brute", "aksel", "cge", "monna", "caf", "smea", "fltrust"}
+    selecting |= {"clustering", "clippedclustering", "dnc", "signguard"}
     for name in aggregators.names():
         assert aggregators.get(name).selects == (name in selecting), name
     assert aggregators.get("cclip").needs_prev

@@ -42,10 +42,19 @@ def _shapes(module: nn.Module, input_shape, batch: int = 2):
 
 
 def test_names():
-    assert models.names() == ["empire-cnn", "simples-conv", "simples-full"]
+    assert models.names() == [
+        "cnn-mnist",
+        "empire-cnn",
+        "logreg",
+        "resnet20",
+        "simples-conv",
+        "simples-full",
+    ]
     assert models.canonical(" Simples-Full ") == "simples-full"
     assert models.parameters("empire-cnn") == ("cifar100",)
     assert models.parameters("simples-full") == ()
+    assert models.parameters("cnn-mnist") == models.parameters("logreg") == ()
+    assert models.parameters("resnet20") == ("norm", "groups", "shortcut")
 
 
 @pytest.mark.parametrize(
@@ -91,8 +100,17 @@ def test_get_builds_the_same_modules_as_before():
          r"accepted: cifar100"),
         ("simples-full", 10, {"cifar100": True}, r"model simples-full takes no argument "
          r"cifar100; accepted: none"),
-        ("resnet", 10, {}, r"unknown model 'resnet'; known models: empire-cnn, simples-conv, "
-         r"simples-full"),
+        ("resnet", 10, {}, r"unknown model 'resnet'; known models: cnn-mnist, empire-cnn, "
+         r"logreg, resnet20, simples-conv, simples-full"),
+        ("resnet20", 10, {"norm": "layer"}, r"^--model-args: model resnet20: norm='layer' is "
+         r"invalid; pass one of group, batch$"),
+        ("resnet20", 10, {"groups": 3}, r"groups=3 is invalid; pass a divisor of 16"),
+        ("resnet20", 10, {"groups": 0}, r"groups=0 is invalid; pass a divisor of 16"),
+        ("resnet20", 10, {"groups": True}, r"groups=True is invalid; pass a divisor of 16"),
+        ("resnet20", 10, {"shortcut": "C"}, r"shortcut='C' is invalid; pass one of A, B"),
+        ("resnet20", 10, {"depth": 32}, r"model resnet20 takes no argument depth; accepted: "
+         r"norm, groups, shortcut"),
+        ("logreg", 10, {"hidden": 3}, r"model logreg takes no argument hidden; accepted: none"),
         ("simples-full", 0, {}, r"num_classes=0 must be a positive integer"),
         ("simples-full", True, {}, r"num_classes=True must be a positive integer"),
     ],
@@ -101,6 +119,110 @@ def test_model_errors(name, num_classes, args, match):
     with pytest.raises(ValueError, match=match) as info:
         models.get(name, num_classes, **args)
     assert "\n" not in str(info.value)
+
+
+def _count(params) -> int:
+    return sum(int(np.prod(shape)) for shape in jax.tree.leaves(params, is_leaf=_is_shape))
+
+
+def _is_shape(x) -> bool:
+    return isinstance(x, tuple) and all(isinstance(n, int) for n in x)
+
+
+@pytest.mark.parametrize(
+    "name,num_classes,args,input_shape,count",
+    [
+        ("cnn-mnist", 10, {}, MNIST, 1_199_882),  # PyTorch's MNIST example: 1,199,882
+        ("cnn-mnist", 100, {}, MNIST, 1_199_882 + 90 * 129),
+        ("logreg", 10, {}, MNIST, 784 * 10 + 10),
+        ("logreg", 100, {}, CIFAR, 3072 * 100 + 100),
+        # He et al.'s ResNet-20 ("0.27M"): 269,722 with option A shortcuts, whatever the norm
+        ("resnet20", 10, {}, CIFAR, 269_722),
+        ("resnet20", 10, {"norm": "batch"}, CIFAR, 269_722),
+        ("resnet20", 10, {"groups": 16}, CIFAR, 269_722),
+        # option B: two 1x1 projections (16x32, 32x64) and their norms (2 x 32, 2 x 64)
+        ("resnet20", 10, {"shortcut": "B"}, CIFAR, 269_722 + 512 + 2048 + 64 + 128),
+        ("resnet20", 100, {}, CIFAR, 269_722 + 90 * 65),
+        ("resnet20", 10, {}, MNIST, 269_722 - 2 * 16 * 9),  # one input channel
+    ],
+)
+def test_new_models_shapes_and_parameter_counts(name, num_classes, args, input_shape, count):
+    params, out = _shapes(models.get(name, num_classes, **args), input_shape, batch=3)
+    assert out == (3, num_classes)
+    assert _count(params) == count
+
+
+def test_cnn_mnist_layers_and_dropout():
+    net = models.get("cnn-mnist", 10)
+    params, _ = _shapes(net, MNIST)
+    assert params["Conv_0"]["kernel"] == (3, 3, 1, 32)
+    assert params["Conv_1"]["kernel"] == (3, 3, 32, 64)
+    assert params["Dense_0"]["kernel"] == (12 * 12 * 64, 128)  # 28 -> 26 -> 24 -> pool 12
+    assert params["Dense_1"]["kernel"] == (128, 10)
+    x = jax.random.normal(jax.random.key(1), (4, 10, 10, 1))  # small input: cheap to run
+
+    @jax.jit  # one compilation (eager Flax compiles each operation; rbg keys compile faster)
+    def forward():
+        variables = net.init(jax.random.key(0, impl="rbg"), x)
+        a, b = (
+            net.apply(variables, x, train=True, rngs={"dropout": jax.random.key(k, impl="rbg")})
+            for k in (2, 3)
+        )
+        return a, b, net.apply(variables, x, train=False), net.apply(variables, x)
+
+    a, b, evaluation, again = forward()
+    assert not np.allclose(a, b)  # dropout is on in training, from the "dropout" rng
+    np.testing.assert_array_equal(evaluation, again)  # and off in evaluation
+    np.testing.assert_allclose(np.exp(np.asarray(evaluation)).sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_logreg_is_one_affine_map():
+    net = models.get("logreg", 3)
+    x = jax.random.normal(jax.random.key(1), (5, 2, 2, 1))
+    variables = jax.jit(net.init)(jax.random.key(0), x)
+    w = np.asarray(variables["params"]["Dense_0"]["kernel"], np.float64)
+    b = np.asarray(variables["params"]["Dense_0"]["bias"], np.float64)
+    logits = np.asarray(x, np.float64).reshape(5, 4) @ w + b
+    expected = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    out = jax.jit(net.apply)(variables, x)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_resnet20_blocks_norms_and_shortcuts():
+    params, _ = _shapes(models.get("resnet20", 10), CIFAR)
+    assert params["Conv_0"]["kernel"] == (3, 3, 3, 16) and "bias" not in params["Conv_0"]
+    assert len([k for k in params if k.startswith("_ResNetBlock")]) == 9
+    assert params["_ResNetBlock_3"]["Conv_0"]["kernel"] == (3, 3, 16, 32)  # stage 2's first
+    assert params["_ResNetBlock_6"]["Conv_0"]["kernel"] == (3, 3, 32, 64)  # stage 3's first
+    assert set(params["_ResNetBlock_3"]) == {"Conv_0", "Conv_1", "GroupNorm_0", "GroupNorm_1"}
+    assert params["Dense_0"]["kernel"] == (64, 10)
+    projection, _ = _shapes(models.get("resnet20", 10, shortcut="B"), CIFAR)
+    assert projection["_ResNetBlock_3"]["Conv_2"]["kernel"] == (1, 1, 16, 32)
+    assert "Conv_2" not in projection["_ResNetBlock_4"]  # identity where the shape stays
+
+
+def test_resnet20_runs_with_group_and_batch_norm():
+    x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))  # small input: cheap to run
+    group = models.get("resnet20", 10, shortcut="a")
+    batch = models.get("resnet20", 10, norm="batch")
+
+    @jax.jit  # one compilation (eager Flax compiles each operation; rbg keys compile faster)
+    def forward():
+        g_vars = group.init(jax.random.key(0, impl="rbg"), x)
+        b_vars = batch.init(jax.random.key(0, impl="rbg"), x)
+        g_out = group.apply(g_vars, x, train=True)
+        b_out, updates = batch.apply(b_vars, x, train=True, mutable=["batch_stats"])
+        return g_vars, g_out, b_vars, b_out, updates
+
+    g_vars, g_out, b_vars, b_out, updates = forward()
+    assert set(g_vars) == {"params"}  # GroupNorm carries no statistics
+    assert set(b_vars) == {"params", "batch_stats"}
+    for out in (g_out, b_out):
+        assert out.shape == (4, 10)
+        np.testing.assert_allclose(np.exp(np.asarray(out)).sum(axis=1), 1.0, rtol=1e-5)
+    before = jax.tree.leaves(b_vars["batch_stats"])
+    after = jax.tree.leaves(updates["batch_stats"])
+    assert any(not np.allclose(u, v) for u, v in zip(before, after, strict=True))
 
 
 def test_user_registration_of_a_module_class(clean_registry):

@@ -20,12 +20,17 @@ from jaxbyz.aggregators import (  # noqa: F401  (imported so that they register)
     average,
     brute,
     cclip,
+    clustering,
     coordinatewise,
+    dnc,
+    fltrust,
     geomed,
     krum,
     mixture,
     monna,
     preaggregators,
+    signguard,
+    spectral,
 )
 from jaxbyz.aggregators.base import Rule
 from jaxbyz.aggregators.mixture import from_gars, parse_gars

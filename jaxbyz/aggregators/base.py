@@ -5,6 +5,10 @@ declared number ``f`` of Byzantine workers (static), returning the aggregate ``[
 Selection rules (Krum, Bulyan, MDA, ...) also return an ``[n]`` float mask of the inputs
 they accepted (1 accepted, 0 rejected; fractional weights allowed), which the simulator turns
 into the study metric "fraction of Byzantine vectors accepted".
+
+A rule that trusts the server's own gradient (FLTrust) declares ``reference_size``, the number
+of clean "root" training examples the server holds: the simulator computes its gradient on them
+at every step and passes it as ``reference`` ``[d]``.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class Rule:
       selects: whether ``accepted`` is meaningful (selection rules).
       needs_key: whether the rule draws randomness (bucketing).
       needs_prev: whether the rule is centred on the previous aggregate (cclip).
+      reference_size: the number of clean root examples on which the server computes its own
+        gradient, passed as ``reference`` (FLTrust); 0 for rules that need none.
     """
 
     name: str
@@ -52,9 +58,21 @@ class Rule:
     selects: bool = False
     needs_key: bool = False
     needs_prev: bool = False
+    reference_size: int = 0
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the rule reads the server's own gradient (``reference``)."""
+        return self.reference_size > 0
 
     def aggregate(
-        self, G: Array, f: int, *, key: Array | None = None, prev: Array | None = None
+        self,
+        G: Array,
+        f: int,
+        *,
+        key: Array | None = None,
+        prev: Array | None = None,
+        reference: Array | None = None,
     ) -> tuple[Array, Array | None]:
         """Aggregate ``G`` ``[n, d]`` tolerating ``f``: (``[d]``, accepted ``[n]`` or None).
 
@@ -70,13 +88,44 @@ class Rule:
             raise ValueError(f"rule {self.name} draws randomness: pass key=jax.random.key(...)")
         if self.needs_prev and prev is None:
             prev = jnp.zeros(G.shape[1], G.dtype)
-        return self.fn(G, f, key=key, prev=prev, **self.params)
+        if not self.needs_reference:
+            return self.fn(G, f, key=key, prev=prev, **self.params)
+        if reference is None:
+            raise ValueError(
+                f"rule {self.name} weighs the inputs by the server's own gradient: pass "
+                "reference=g0 (a [d] vector), or bind it with rule.with_reference(g0)"
+            )
+        reference = jnp.asarray(reference, G.dtype)
+        if reference.shape != G.shape[1:]:
+            raise ValueError(
+                f"rule {self.name}: reference has shape {reference.shape}, the rows have "
+                f"{G.shape[1]} coordinates; fix: one [d] vector, d = {G.shape[1]}"
+            )
+        return self.fn(G, f, key=key, prev=prev, reference=reference, **self.params)
+
+    def with_reference(self, reference: Array) -> Rule:
+        """This rule with the server's gradient ``reference`` bound (a rule that needs none, as
+        attacks that evaluate the server's rule see it); itself when it needs none."""
+        if not self.needs_reference:
+            return self
+        rule = self
+
+        def fn(G: Array, f: int, *, key: Any = None, prev: Any = None, **_: Any) -> tuple:
+            return rule.aggregate(G, f, key=key, prev=prev, reference=reference)
+
+        return dataclasses.replace(self, fn=fn, reference_size=0)
 
     def __call__(
-        self, G: Array, f: int, *, key: Array | None = None, prev: Array | None = None
+        self,
+        G: Array,
+        f: int,
+        *,
+        key: Array | None = None,
+        prev: Array | None = None,
+        reference: Array | None = None,
     ) -> Array:
         """The aggregate ``[d]`` of ``G`` (``[n, d]``) tolerating ``f`` Byzantine rows."""
-        return self.aggregate(G, f, key=key, prev=prev)[0]
+        return self.aggregate(G, f, key=key, prev=prev, reference=reference)[0]
 
     def check(self, n: int, f: int) -> None:
         """Raise ``ValueError`` naming the constraint and values if ``(n, f)`` is not allowed."""

@@ -197,6 +197,8 @@ def mixture(components: Sequence[tuple[Rule, float]]) -> Rule:
         and vmappable; under ``vmap`` over keys the switch becomes a select that evaluates
         *every* branch (the cost is the sum of the components', not one of them).
       - ``needs_prev`` if any component needs it (only those components receive ``prev``).
+      - ``reference_size`` the largest of the components' (only the components that read the
+        server's gradient receive ``reference``).
       - ``selects`` if any component selects; ``accepted`` is then the drawn component's
         ``[n]`` mask, or an ``[n]`` vector of NaN when the drawn component does not select (the
         "Byzantine accepted" metric is then NaN for that step); ``None`` when none selects.
@@ -214,18 +216,21 @@ def mixture(components: Sequence[tuple[Rule, float]]) -> Rule:
     probabilities = np.asarray([frequency / total for _, frequency in active], np.float32)
     selects = any(rule.selects for rule, _ in checked)
 
-    def run(rule: Rule, G: Array, f: int, key: Array, prev: Array | None) -> tuple:
+    def run(rule: Rule, G: Array, f: int, key: Array, prev: Array | None, ref: Any) -> tuple:
         return rule.aggregate(
             G,
             f,
             key=key if rule.needs_key else None,
             prev=prev if rule.needs_prev else None,
+            reference=ref if rule.needs_reference else None,
         )
 
-    def apply(G: Array, f: int, key: Array, prev: Array | None) -> tuple:
+    def apply(G: Array, f: int, key: Array, prev: Array | None, ref: Array | None) -> tuple:
         draw, sub = jax.random.split(key)
         shapes = [
-            jax.eval_shape(lambda G, k, p, r=rule: run(r, G, f, k, p), G, sub, prev)
+            jax.eval_shape(
+                lambda G, k, p, r, rule=rule: run(rule, G, f, k, p, r), G, sub, prev, ref
+            )
             for rule, _ in active
         ]
         agg_dtype = jnp.result_type(*(shape[0].dtype for shape in shapes))
@@ -234,8 +239,8 @@ def mixture(components: Sequence[tuple[Rule, float]]) -> Rule:
         n = G.shape[0]
 
         def branch(rule: Rule):
-            def call(G: Array, key: Array, prev: Array | None) -> tuple:
-                aggregate, accepted = run(rule, G, f, key, prev)
+            def call(G: Array, key: Array, prev: Array | None, ref: Array | None) -> tuple:
+                aggregate, accepted = run(rule, G, f, key, prev, ref)
                 aggregate = aggregate.astype(agg_dtype)
                 if not selects:
                     return aggregate, None
@@ -249,14 +254,22 @@ def mixture(components: Sequence[tuple[Rule, float]]) -> Rule:
             index = jnp.zeros((), jnp.int32)
         else:
             index = jax.random.choice(draw, len(active), p=jnp.asarray(probabilities))
-        return jax.lax.switch(index, [branch(rule) for rule, _ in active], G, sub, prev)
+        return jax.lax.switch(index, [branch(rule) for rule, _ in active], G, sub, prev, ref)
 
     # One jitted program per (f, shapes): eager calls hit the cache instead of retracing every
     # branch; under an outer jit / vmap it is inlined.
     jitted = jax.jit(apply, static_argnums=1)
 
-    def fn(G: Array, f: int, *, key: Array, prev: Array | None = None, **_: Any) -> tuple:
-        return jitted(G, f, key, prev)
+    def fn(
+        G: Array,
+        f: int,
+        *,
+        key: Array,
+        prev: Array | None = None,
+        reference: Array | None = None,
+        **_: Any,
+    ) -> tuple:
+        return jitted(G, f, key, prev, reference)
 
     def check_fn(n: int, f: int, **_: Any) -> str | None:
         for rule, _ in checked:
@@ -278,4 +291,5 @@ def mixture(components: Sequence[tuple[Rule, float]]) -> Rule:
         selects=selects,
         needs_key=True,
         needs_prev=any(rule.needs_prev for rule, _ in checked),
+        reference_size=max(rule.reference_size for rule, _ in checked),
     )

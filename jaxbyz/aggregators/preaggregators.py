@@ -191,7 +191,9 @@ def compose(pre: Any, rule: Rule) -> Rule:
     stages = _normalise(pre)
     needs_key = rule.needs_key or any(stage.needs_key for stage in stages)
 
-    def fn(G: Array, f: int, *, key: Any = None, prev: Any = None, **_: Any) -> tuple:
+    def fn(
+        G: Array, f: int, *, key: Any = None, prev: Any = None, reference: Any = None, **_: Any
+    ) -> tuple:
         keys = (
             list(jax.random.split(key, len(stages) + 1))
             if needs_key
@@ -205,7 +207,7 @@ def compose(pre: Any, rule: Rule) -> Rule:
             if M is not None:
                 membership = M if membership is None else jnp.dot(M, membership) > 0
                 membership = jnp.asarray(membership, G.dtype)
-        aggregate, accepted = rule.aggregate(G, f, key=keys[-1], prev=prev)
+        aggregate, accepted = rule.aggregate(G, f, key=keys[-1], prev=prev, reference=reference)
         if accepted is not None and membership is not None:
             accepted = jnp.minimum(jnp.dot(accepted, membership), 1.0)
         return aggregate, accepted
@@ -228,6 +230,7 @@ def compose(pre: Any, rule: Rule) -> Rule:
         selects=rule.selects,
         needs_key=needs_key,
         needs_prev=rule.needs_prev,
+        reference_size=rule.reference_size,
     )
 
 

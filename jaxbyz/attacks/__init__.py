@@ -18,9 +18,12 @@ from jaxbyz.attacks import (  # noqa: F401  (each family module registers its at
     anticge,
     bulyan,
     empire,
+    fang,
     labelflip,
     little,
+    minmax,
     nonfinite,
+    optimized,
     simple,
 )
 from jaxbyz.attacks.base import Attack

@@ -191,19 +191,36 @@ class Run:
 def program_key(config: Config) -> str:
     """The static part of ``config``: runs with equal keys compile to one program. The traced
     hyper-parameters (:class:`jaxbyz.config.HyperParams`) and the seed are left out (the seed
-    stays when it draws the Dirichlet partition, a host-side array); of the gated ones, only
-    whether they are on."""
+    stays when it draws the honest workers' partition, ``--partition``, or the server's root set,
+    host-side arrays); of the gated ones, only whether they are on."""
+    from jaxbyz.data import partition_uses_seed
+
     payload = identity_dict(config)
     for name in TRACED_FIELDS:
         payload.pop(name, None)
         if name in GATED:
             payload[f"{name}_on"] = bool(getattr(config, name))
-    if config.dirichlet_alpha is None:
+    if not (
+        partition_uses_seed(config.partition, config.dirichlet_alpha) or _reads_root_set(config)
+    ):
         payload.pop("seed")
     payload["attack_args"] = {
         k: v for k, v in config.attack_args.items() if k not in TRACED_ATTACK_ARGS
     }
     return json.dumps(payload, sort_keys=True, default=str)
+
+
+def _reads_root_set(config: Config) -> bool:
+    """Whether the rule reads the server's gradient on a root set drawn from the seed (FLTrust);
+    False for a configuration whose rule cannot be built (it fails on its own)."""
+    from jaxbyz import aggregators
+
+    try:
+        if config.gars is not None:
+            return aggregators.from_gars(config.gars).needs_reference
+        return aggregators.get(config.gar, **config.gar_args).needs_reference
+    except (ValueError, TypeError):
+        return False
 
 
 def program_id(config: Config) -> str:

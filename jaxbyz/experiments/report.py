@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from jaxbyz.experiments import matrix
+
 THRESHOLDS = (0.1, 0.2, 0.4)
 HEADLINE_TEXT = (
     "As the paper's `reproduce.py` computes it: each pair of runs differing only in the momentum "
@@ -262,6 +264,8 @@ def write_report(
         "",
         markdown_table(ratio_summary(table)),
     ]
+    if matrix.applies(table):
+        lines += matrix.section(table, root / "plots" if plots else None)
     if figures:
         lines += ["## Plots", ""]
         lines += [f"![{p.stem}](plots/{p.name})" for p in figures] + [""]

@@ -1,0 +1,124 @@
+"""Rules against attacks: one accuracy matrix (rule x attack) per momentum placement and declared
+Byzantine count, with each rule's worst attack, as Markdown tables and heatmaps.
+
+A cell is the best top-1 accuracy (in [0, 1]) of the runs of that rule under that attack, the
+mean over seeds and over any other setting the grid varies within the panel (learning rate,
+Nesterov); the "worst attack" of a rule is the attack whose cell is lowest, the rule's
+accuracy under it its robustness to the strongest attack of the grid. Runs that did not complete
+are left out of the means (the report lists them); a cell without a completed run is empty.
+A rule or an attack that appears with several argument sets is shown once per set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+PANELS = ("momentum_at", "nb_decl_byz")
+
+
+def _label(name: Any, args: Any, several: bool) -> str:
+    text = str(name)
+    if several and isinstance(args, str) and args not in ("", "{}", "nan"):
+        text += " " + args
+    return text
+
+
+def _labels(frame: pd.DataFrame, name: str, args: str) -> pd.Series:
+    """``name`` (with its arguments when the name appears with several argument sets)."""
+    counts = frame.groupby(name)[args].nunique()
+    return frame.apply(lambda r: _label(r[name], r[args], counts.get(r[name], 1) > 1), axis=1)
+
+
+def applies(table: pd.DataFrame) -> bool:
+    """Whether the grid crosses at least two rules with at least two attacks."""
+    attacked = table[table.get("role", pd.Series(dtype=str)) == "attacked"]
+    return not attacked.empty and attacked["gar"].nunique() > 1 and attacked["attack"].nunique() > 1
+
+
+def matrices(table: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFrame]]:
+    """``[(panel, matrix)]``: per (placement, f), rules as rows, attacks as columns, the mean
+    best top-1 accuracy of the completed runs, and the columns ``worst attack`` and ``worst``."""
+    attacked = table[(table["role"] == "attacked") & (table["status"] == "completed")].copy()
+    if attacked.empty:
+        return []
+    attacked["rule"] = _labels(attacked, "gar", "gar_args")
+    attacked["attack "] = _labels(attacked, "attack", "attack_args")
+    out = []
+    for values, group in attacked.groupby(list(PANELS), sort=True):
+        cells = group.pivot_table(
+            index="rule", columns="attack ", values="best_accuracy", aggfunc="mean"
+        )
+        cells.columns.name, cells.index.name = None, "rule"
+        worst = cells.idxmin(axis=1, skipna=True)
+        cells["worst attack"] = worst
+        cells["worst"] = cells.drop(columns=["worst attack"]).min(axis=1)
+        out.append((dict(zip(PANELS, values, strict=True)), cells.sort_values("worst")))
+    return out
+
+
+def title(panel: dict[str, Any]) -> str:
+    return f"momentum at the {panel['momentum_at']}s, f = {panel['nb_decl_byz']}"
+
+
+def markdown(cells: pd.DataFrame) -> str:
+    """The matrix as a Markdown table (accuracies to 3 decimals, empty cells as a dash)."""
+    header = ["rule", *cells.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for rule, row in cells.iterrows():
+        values = [
+            v if isinstance(v, str) else ("-" if pd.isna(v) else f"{v:.3f}") for v in row.tolist()
+        ]
+        lines.append("| " + " | ".join([str(rule), *values]) + " |")
+    return "\n".join(lines)
+
+
+def heatmap(panel: dict[str, Any], cells: pd.DataFrame, path: Path) -> Path:
+    """Draw the matrix (rows sorted by worst-case accuracy) as a PNG heatmap at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = cells.drop(columns=["worst attack", "worst"]).astype(float)
+    grid = np.column_stack([values.to_numpy(), cells["worst"].to_numpy(float)])
+    columns = [*values.columns, "worst"]
+    fig, ax = plt.subplots(
+        figsize=(max(4.5, 1.5 + 0.75 * len(columns)), 1.2 + 0.4 * len(values)),
+        constrained_layout=True,
+    )
+    image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(values)), list(values.index), fontsize=8)
+    for (i, j), v in np.ndenumerate(grid):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if v < 0.5 else "black")  # fmt: skip
+    ax.axvline(len(columns) - 1.5, color="white", linewidth=2)
+    ax.set_title(f"best top-1 accuracy\n{title(panel)}", fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def section(table: pd.DataFrame, folder: Path | None) -> list[str]:
+    """The report's lines for the rule x attack matrices (heatmaps drawn into ``folder``)."""
+    lines = ["## Rules against attacks", ""]
+    lines += [
+        "Best top-1 accuracy, mean over the completed runs (seeds, and any other setting the "
+        "grid varies within a panel); `worst` is the rule's "
+        "accuracy under the strongest attack of the grid (`worst attack`); rules sorted by it.",
+        "",
+    ]
+    for panel, cells in matrices(table):
+        lines += [f"### {title(panel).capitalize()}", "", markdown(cells), ""]
+        if folder is not None:
+            stem = f"rules-vs-attacks-{panel['momentum_at']}-f{panel['nb_decl_byz']}"
+            path = heatmap(panel, cells, folder / f"{stem}.png")
+            lines += [f"![{stem}](plots/{path.name})", ""]
+    return lines

@@ -1,0 +1,71 @@
+"""The report's rule x attack matrices against hand-computed means."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from jaxbyz.experiments import matrix
+from jaxbyz.experiments.report import plotting_available, write_report
+
+
+def _row(gar, attack, acc, seed=1, at="worker", f=2, status="completed", attack_args="{}"):
+    return dict(
+        run_id=f"{gar}-{attack}-{attack_args}-{seed}-{at}-{f}-{status}", role="attacked",
+        status=status, gar=gar, gar_args="{}", attack=attack, attack_args=attack_args,
+        momentum_at=at, nb_decl_byz=f, best_accuracy=acc, seed=seed,
+    )  # fmt: skip
+
+
+TABLE = pd.DataFrame(
+    [
+        _row("median", "little", 0.6, seed=1),
+        _row("median", "little", 0.8, seed=2),
+        _row("median", "empire", 0.5),
+        _row("krum", "little", 0.3),
+        _row("krum", "empire", 0.9),
+        _row("krum", "empire", 0.0, status="diverged"),  # left out of the means
+        _row("krum", "little", 0.7, at="update"),
+        _row("median", "empire", 0.2, at="update"),
+    ]
+)
+
+
+def test_cells_worst_attack_and_panels():
+    panels = dict((tuple(p.values()), cells) for p, cells in matrix.matrices(TABLE))
+    assert set(panels) == {("worker", 2), ("update", 2)}
+    cells = panels[("worker", 2)]
+    assert cells.loc["median", "little"] == pytest.approx(0.7)
+    assert cells.loc["krum", "empire"] == pytest.approx(0.9)
+    assert cells.loc["median", "worst attack"] == "empire" and cells.loc["median", "worst"] == 0.5
+    assert cells.loc["krum", "worst attack"] == "little" and cells.loc["krum", "worst"] == 0.3
+    assert list(cells.index) == ["krum", "median"]  # sorted by worst case
+    update = panels[("update", 2)]
+    assert pd.isna(update.loc["krum", "empire"]) and update.loc["krum", "worst"] == 0.7
+    assert "| krum | 0.900 | 0.300 | little | 0.300 |" in matrix.markdown(cells)
+
+
+def test_attack_with_several_argument_sets_is_shown_per_set():
+    table = pd.concat(
+        [TABLE, pd.DataFrame([_row("median", "little", 0.1, attack_args='{"factor": 3}')])]
+    )
+    cells = dict((tuple(p.values()), c) for p, c in matrix.matrices(table))[("worker", 2)]
+    assert 'little {"factor": 3}' in cells.columns and "little" in cells.columns
+    assert cells.loc["median", "worst attack"] == 'little {"factor": 3}'
+
+
+def test_report_has_the_section_only_for_grids_crossing_rules_and_attacks(tmp_path):
+    committed = Path(__file__).parents[1] / "experiments/results/paper-fashion-mnist-seed1"
+    table = pd.read_csv(committed / "runs.csv", dtype={"reason": str}).fillna({"reason": ""})
+    text = write_report(tmp_path, table, None, {}, plots=False).read_text()
+    assert "## Rules against attacks" in text and "### Momentum at the workers, f = 24" in text
+    assert not matrix.applies(TABLE[TABLE["gar"] == "median"])
+
+
+@pytest.mark.skipif(not plotting_available(), reason="matplotlib is not installed")
+def test_heatmap_is_drawn(tmp_path):
+    panel, cells = matrix.matrices(TABLE)[0]
+    path = matrix.heatmap(panel, cells, tmp_path / "h.png")
+    assert path.stat().st_size > 1000

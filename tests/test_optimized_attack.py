@@ -1,0 +1,276 @@
+"""Tests of the ``optimized`` attack (jaxbyz/attacks/optimized.py).
+
+Compilations are kept few and small (d <= 16, steps <= 10): the attack compiles its starts, a
+``vmap`` over them of a ``scan`` of gradient steps through the rule, and the exact rule.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxbyz import aggregators, attacks
+from jaxbyz.aggregators.base import Rule
+from jaxbyz.attacks.optimized import (
+    RELAXATIONS,
+    START_PARAMS,
+    objective_value,
+)
+from jaxbyz.config import Config
+from jaxbyz.data import make_synthetic
+from jaxbyz.simulator import make_simulation
+
+H_ROWS, D, F = 8, 8, 2
+TOL = 1e-5
+
+
+def honest(seed: int, h: int = H_ROWS, d: int = D) -> jax.Array:
+    """A random ``[h, d]`` honest matrix with a common mean."""
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    return jax.random.normal(k1, (h, d)) + jax.random.normal(k2, (d,))
+
+
+def start_output(name: str, H: jax.Array, f: int, rule: Rule, key: jax.Array) -> jax.Array:
+    """The output of start ``name`` with the settings the attack uses."""
+    return attacks.get(name, **START_PARAMS.get(name, {}))(H, f, key=key, rule=rule, f_decl=f)
+
+
+@functools.cache
+def jitted(rule_name: str, **params):
+    """The jitted attack ``(H, key) -> [F, d]`` against ``rule_name``."""
+    rule = aggregators.get(rule_name)
+    atk = attacks.get("optimized", **params)
+    return jax.jit(lambda H, key: atk(H, F, key=key, rule=rule, f_decl=F))
+
+
+# ------------------------------------------------------------------------------------------- #
+# NumPy references of the objective (float64, from the definition)
+
+
+def np_rule(name: str, G: np.ndarray) -> np.ndarray:
+    if name == "average":
+        return G.mean(axis=0)
+    if name == "median":  # lower middle value for an even count, as the library's default
+        return np.sort(G, axis=0)[(G.shape[0] - 1) // 2]
+    raise NotImplementedError(name)
+
+
+def np_objective(objective: str, rule: str, H: np.ndarray, B: np.ndarray) -> float:
+    H, B = np.asarray(H, np.float64), np.asarray(B, np.float64)
+    mu = H.mean(axis=0)
+    agg = np_rule(rule, np.concatenate([H, B]))
+    if objective == "deviation":
+        return float(np.sum((agg - mu) ** 2))
+    return float(-(agg @ mu) / (np.linalg.norm(agg) * np.linalg.norm(mu)))
+
+
+@pytest.mark.parametrize("objective", ["deviation", "cosine"])
+@pytest.mark.parametrize("rule", ["average", "median"])
+def test_objective_against_numpy(objective, rule):
+    for seed in range(3):
+        H = honest(seed)
+        B = jax.random.normal(jax.random.key(50 + seed), (F, D)) * 3.0
+        got = objective_value(objective, aggregators.get(rule), H, B, F, None)
+        np.testing.assert_allclose(float(got), np_objective(objective, rule, H, B), rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- #
+# Never weaker than the starts; shared rows; jit
+
+
+@pytest.mark.parametrize(
+    ("rule_name", "objective", "starts"),
+    [
+        ("median", "deviation", ("little", "empire")),
+        ("trmean", "deviation", ("little", "empire")),
+        ("krum", "deviation", ("little", "empire", "minmax", "minsum")),
+        ("cclip", "cosine", ("little", "empire")),
+        ("geomed", "deviation", ("little", "empire")),
+    ],
+)
+def test_never_weaker_than_its_starts(rule_name, objective, starts):
+    rule = aggregators.get(rule_name)
+    run = jitted(rule_name, objective=objective, starts=starts, steps=4)
+    key = jax.random.key(7)
+    gains = []
+    for seed in range(3):
+        H = honest(seed)
+        B = run(H, key)
+        assert B.shape == (F, D) and np.isfinite(np.asarray(B)).all()
+        np.testing.assert_array_equal(np.asarray(B[0]), np.asarray(B[1]))  # shared=True
+        got = float(objective_value(objective, rule, H, B, F, None))
+        # the attack gives start i the key fold_in(split(key)[0], i)
+        key_starts = jax.random.split(key)[0]
+        best = max(
+            float(
+                objective_value(
+                    objective, rule, H,
+                    start_output(name, H, F, rule, jax.random.fold_in(key_starts, i)), F, None,
+                )
+            )
+            for i, name in enumerate(starts)
+        )  # fmt: skip
+        assert got >= best - TOL * max(1.0, abs(best)), (rule_name, seed, got, best)
+        gains.append(got - best)
+    if rule_name in ("krum", "geomed", "trmean"):  # the ascent does move past the starts there
+        assert max(gains) > 1e-3, gains
+
+
+def test_jit_and_eager_agree_and_unshared_rows():
+    rule = aggregators.get("median")
+    atk = attacks.get("optimized", starts=("empire",), steps=2, shared=False)
+    H, key = honest(3), jax.random.key(1)
+    eager = atk(H, F, key=key, rule=rule, f_decl=F)
+    compiled = jax.jit(lambda H, key: atk(H, F, key=key, rule=rule, f_decl=F))(H, key)
+    assert eager.shape == (F, D)
+    np.testing.assert_allclose(np.asarray(eager), np.asarray(compiled), rtol=1e-5, atol=1e-5)
+    assert atk(H, 0, key=key, rule=rule).shape == (0, D)
+
+
+# ------------------------------------------------------------------------------------------- #
+# The optimisation moves where it must; the ball
+
+
+def test_improves_against_average_within_the_ball():
+    """Against the average the deviation ``(f/n)^2 ||b - mu||^2`` grows with ``||b - mu||``:
+    the ascent leaves ``empire`` (``-0.1 mu``) and stops on the ball."""
+    rule = aggregators.get("average")
+    run = jitted("average", starts=("empire",), steps=10, radius=3.0, learning_rate=1.0)
+    H = honest(5)
+    B = run(H, jax.random.key(0))
+    mu = np.asarray(H, np.float64).mean(axis=0)
+    spread = np.linalg.norm(np.asarray(H, np.float64) - mu, axis=1).max()
+    start = start_output("empire", H, F, rule, jax.random.key(0))
+    radius = max(3.0 * spread, np.linalg.norm(np.asarray(start[0], np.float64) - mu))
+    got = np_objective("deviation", "average", H, B)
+    assert got > 1.5 * np_objective("deviation", "average", H, start)
+    assert np.linalg.norm(np.asarray(B, np.float64) - mu, axis=1).max() <= radius * (1 + 1e-5)
+    n = H_ROWS + F
+    assert got <= (F / n) ** 2 * radius**2 * (1 + 1e-5)
+    np.testing.assert_allclose(float(objective_value("deviation", rule, H, B, F, None)), got,
+                               rtol=1e-5)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------- #
+# Relaxations: the exact rule in the zero-temperature limit
+
+
+def test_relaxations_reach_the_exact_rule():
+    """At a tiny temperature each relaxation is its rule (Bulyan's: the mean of the rows its
+    Multi-Krum stage uses, the coordinate stage being dropped); at a finite one its gradient
+    is finite."""
+    G = jnp.concatenate([honest(11, 9, D), 4.0 + jax.random.normal(jax.random.key(3), (2, D))])
+    for rule, accepted_mean in (
+        (aggregators.get("krum"), False),
+        (aggregators.get("krum", m=1), False),
+        (aggregators.get("krum", squared=True), False),
+        (aggregators.get("brute"), False),
+        (aggregators.get("geomed", tol=0.0, max_iter=200), False),
+        (aggregators.get("cge"), False),
+        (aggregators.get("aksel"), False),
+        (aggregators.get("aksel", mode="n-f"), False),
+        (aggregators.get("monna"), False),
+        (aggregators.get("monna", pivot=0), False),
+        (aggregators.get("bulyan"), True),
+    ):
+        relax = RELAXATIONS[rule.name]
+
+        def check(G, rule=rule, relax=relax):
+            soft = relax(rule, G, F, key=None, temperature=1e-4)
+
+            def total(B):
+                return jnp.sum(
+                    relax(rule, jnp.concatenate([G[:9], B]), F, key=None, temperature=0.5)
+                )
+
+            return soft, rule.aggregate(G, F), jax.grad(total)(G[9:])
+
+        soft, (exact, accepted), grad = jax.jit(check)(G)
+        if accepted_mean:
+            exact = np.asarray(accepted) @ np.asarray(G) / np.sum(np.asarray(accepted))
+        np.testing.assert_allclose(np.asarray(soft), np.asarray(exact), rtol=1e-4, atol=1e-4)
+        assert np.isfinite(np.asarray(grad)).all(), rule
+
+
+def test_straight_through_for_a_rule_autodiff_cannot_reverse():
+    """A rule outside the relaxation table whose ``while_loop`` defeats reverse-mode autodiff
+    (a renamed geomed) still runs, and keeps its guarantee."""
+    base = aggregators.get("geomed")
+    rule = Rule(name="geomed-copy", fn=base.fn, params=base.params, check_fn=base.check_fn)
+    atk = attacks.get("optimized", starts=("little",), steps=3)
+    H, key = honest(2), jax.random.key(4)
+    B = jax.jit(lambda H, key: atk(H, F, key=key, rule=rule, f_decl=F))(H, key)
+    start = start_output("little", H, F, rule, key)
+    assert (
+        float(objective_value("deviation", rule, H, B, F, None))
+        >= float(objective_value("deviation", rule, H, start, F, None)) - TOL
+    )
+
+
+# ------------------------------------------------------------------------------------------- #
+# Parameters
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"objective": "angle"}, "parameter objective='angle' is invalid; choose one of"),
+        ({"shared": 1}, "parameter shared=1 is invalid; pass True or False"),
+        ({"steps": -1}, "parameter steps=-1 is invalid; pass an integer >= 0"),
+        ({"steps": 2.5}, "parameter steps=2.5 is invalid"),
+        ({"optimizer": "nope"}, "parameter optimizer='nope' is invalid; pass the name of an"),
+        ({"learning_rate": 0}, "parameter learning_rate=0 is invalid; pass a finite number > 0"),
+        ({"temperature": -1.0}, "parameter temperature=-1.0 is invalid"),
+        ({"radius": 0}, "parameter radius=0 is invalid"),
+        ({"starts": ()}, "parameter starts=() is invalid; pass a non-empty tuple"),
+        ({"starts": ("little", "nope")}, "each start must be a registered attack"),
+        ({"starts": ("optimized",)}, "optimized cannot start from itself"),
+        ({"starts": ("labelflip",)}, "labelflip poisons data"),
+        ({"foo": 1}, "attack optimized has no parameter 'foo'"),
+    ],
+)
+def test_parameters_are_checked(params, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        attacks.get("optimized", **params)
+    assert "\n" not in str(err.value)
+
+
+def test_registered_with_aliases_and_defaults():
+    atk = attacks.get("optimised")
+    assert atk.name == "optimized" and atk.needs_rule and atk.needs_key
+    assert atk.params["starts"] == ("little", "empire", "minmax", "minsum")
+    assert attacks.get("optimized", starts=["alie", "ipm"]).params["starts"] == (
+        "little",
+        "empire",
+    )
+
+
+# ------------------------------------------------------------------------------------------- #
+# Through the simulator
+
+
+def test_simulator_smoke():
+    config = Config(
+        dataset="synthetic",
+        nb_workers=15,
+        nb_decl_byz=3,
+        gar="median",
+        attack="optimized",
+        attack_args={"steps": 3, "starts": ["little", "empire"]},
+        batch_size=4,
+        nb_steps=2,
+    )
+    data = make_synthetic(n_train=128, n_test=32, shape=(4, 4, 1), seed=0)
+    sim = make_simulation(config, data)
+    state = sim.init(jax.random.key(0))
+    step = jax.jit(sim.step)
+    for _ in range(2):
+        state, study = step(state, sim.default_hparams(), sim.arrays)
+    assert int(state.step) == 2
+    assert np.isfinite(np.asarray(state.theta)).all()
+    assert np.isfinite(np.asarray(study["loss"])).all()
