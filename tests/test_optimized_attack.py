@@ -121,6 +121,7 @@ def test_never_weaker_than_its_starts(rule_name, objective, starts):
         assert max(gains) > 1e-3, gains
 
 
+@pytest.mark.slow
 def test_jit_and_eager_agree_and_unshared_rows():
     rule = aggregators.get("median")
     atk = attacks.get("optimized", starts=("empire",), steps=2, shared=False)
@@ -254,6 +255,7 @@ def test_registered_with_aliases_and_defaults():
 # Through the simulator
 
 
+@pytest.mark.slow
 def test_simulator_smoke():
     config = Config(
         dataset="synthetic",

@@ -24,6 +24,7 @@ def fashion_mnist():
         pytest.skip(f"Fashion-MNIST not available: {err}")
 
 
+@pytest.mark.slow
 def test_paper_run_accuracy_within_three_points(fashion_mnist):
     summary = run(PAPER_RUN, progress=False)
     assert summary["status"] == "completed"

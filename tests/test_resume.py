@@ -46,6 +46,7 @@ def uninterrupted(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_then_same_command_gives_the_uninterrupted_files(uninterrupted, tmp_path):
     out = tmp_path / "run"
     command = [*RUN, "--nb-steps", str(STEPS), "--checkpoint-delta", str(DELTA)]

@@ -91,6 +91,7 @@ def test_place_and_to_host_on_one_device():
     )
 
 
+@pytest.mark.slow
 def test_cli_shard_workers_writes_results(tmp_path):
     env = forced_cpu_env(4)
     out = tmp_path / "run"

@@ -431,6 +431,7 @@ def test_resume_after_sigkill(tmp_path):
     assert (out / "report.md").exists()
 
 
+@pytest.mark.slow
 def test_multi_device_dispatch_matches_one_device(tmp_path):
     grid_file = write_grid(
         tmp_path / "multi.toml",
@@ -468,6 +469,7 @@ def test_multi_device_dispatch_matches_one_device(tmp_path):
         np.testing.assert_allclose(one[column], many[column], rtol=1e-5, err_msg=column)
 
 
+@pytest.mark.slow
 def test_compiling_ahead_in_threads_matches_one_at_a_time(tmp_path):
     """Programs built by several threads give the same runs as one thread; each program is
     compiled once, and every batch runs the program of its own configuration."""

@@ -230,6 +230,7 @@ def test_fang_trmean_needs_key():
 DATA = make_synthetic(n_train=128, n_test=32, shape=(4, 4, 1), seed=0)
 
 
+@pytest.mark.slow  # each attack also runs a step in tests/test_step_matrix.py
 @pytest.mark.parametrize("attack", ["minmax", "minsum", "fang-krum", "fang-trmean"])
 def test_simulator_step(attack):
     config = Config(
