@@ -237,7 +237,9 @@ _KINDS = {
 }
 
 
-def _type_ok(kind: type, value: Any) -> bool:
+def type_ok(kind: type, value: Any) -> bool:
+    """Whether ``value`` is of the field type ``kind``: no bool for a number, finite floats only,
+    string-keyed tables (shared by :func:`check_types` and the grid checks)."""
     if kind is float:
         return (
             isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -264,7 +266,7 @@ def check_types(config: Any) -> None:
         kinds = [typing.get_origin(k) or k for k in members]
         optional = type(None) in kinds
         kinds = [k for k in kinds if k is not type(None)]
-        if (value is None and optional) or any(_type_ok(k, value) for k in kinds):
+        if (value is None and optional) or any(type_ok(k, value) for k in kinds):
             continue
         flag_name = FIELDS[name].metadata.get("flag", "--" + name.replace("_", "-"))
         need = " or ".join(_KINDS.get(k, k.__name__) for k in kinds)

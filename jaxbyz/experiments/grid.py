@@ -96,6 +96,7 @@ from jaxbyz.config import (
     identity_dict,
     parse_keyval,
 )
+from jaxbyz.validation import type_ok
 
 try:
     import tomllib
@@ -592,19 +593,6 @@ def _kinds(field: str) -> tuple[tuple[type, ...], bool]:
     return tuple(k for k in kinds if k is not type(None)), type(None) in kinds
 
 
-def _type_ok(kind: type, value: Any) -> bool:
-    """As ``validation.check_types``: no bool for a number, finite floats, string-keyed tables."""
-    if kind is float:
-        return (
-            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        )
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind is dict:
-        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
-    return isinstance(value, kind)
-
-
 @functools.cache
 def _example_value(field: str) -> Any:
     kinds, _ = _kinds(field)
@@ -651,7 +639,7 @@ def _value(source: _Source, field: str, raw: Any, spec: Mapping[str, Any] | None
             f"{source.head(field, raw, spec)}: too large for a number (a float holds at most "
             f"about 1.8e308){_example(field, source)}"
         )
-    if not ((value is None and optional) or any(_type_ok(k, value) for k in kinds)):
+    if not ((value is None and optional) or any(type_ok(k, value) for k in kinds)):
         need = " or ".join(_KINDS.get(k, k.__name__) for k in kinds)
         need += ' or "none"' if optional else ""
         hint = " (a list inside a list is not an axis)" if isinstance(raw, list) else ""

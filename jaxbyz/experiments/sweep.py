@@ -204,6 +204,17 @@ def warn_damaged_tables(store: Any) -> None:
         warn(f"warning: {damaged.path} cannot be read ({damaged.reason}): rebuilt from parts/")
 
 
+def load_readable(store: Any) -> tuple:
+    """For ``--report-only``: the readable parts, every damaged table and part named in one
+    warning line (refused in one line when none is readable)."""
+    warn_damaged_tables(store)
+    return load_parts(
+        store,
+        "the report covers the readable parts; the sweep's command computes the other runs again",
+        empty_is_error=True,
+    )
+
+
 def grid_identity(
     store: Any, meta: dict[str, Any], grid: Any, recorded: set[str], add: bool, hint: str
 ) -> dict[str, Any]:
@@ -260,13 +271,7 @@ def report(
 
     root = repr(str(store.root))
     if recorded is None and store.parts.is_dir():
-        warn_damaged_tables(store)
-        recorded = load_parts(
-            store,
-            "the report covers the readable parts; the sweep's command computes the other "
-            "runs again",
-            empty_is_error=True,
-        )
+        recorded = load_readable(store)
     if recorded is not None:
         rows, curves = recorded
         if not rows:
@@ -358,13 +363,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.report_only:
         store.check_writable(create=False)
         meta = read_meta(store, tail="the report has no session history")
-        warn_damaged_tables(store)
-        recorded = load_parts(
-            store,
-            "the report covers the readable parts; the sweep's command computes the other "
-            "runs again",
-            empty_is_error=True,
-        )
+        recorded = load_readable(store)
         hint = "to report the folder as it is: --report-only --output DIR without the grid"
         meta = grid_identity(store, meta, grid, set(recorded[0]), False, hint)
         print(report(store, meta, plots=not args.no_plots, recorded=recorded))
