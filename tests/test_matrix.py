@@ -26,7 +26,8 @@ TABLE = pd.DataFrame(
         _row("median", "empire", 0.5),
         _row("krum", "little", 0.3),
         _row("krum", "empire", 0.9),
-        _row("krum", "empire", 0.0, status="diverged"),  # left out of the means
+        _row("krum", "empire", 0.0, status="error"),  # failed: left out of the means
+        _row("krum", "nan", 0.1, status="diverged"),  # counts, with its accuracy before
         _row("krum", "little", 0.7, at="update"),
         _row("median", "empire", 0.2, at="update"),
     ]
@@ -40,11 +41,11 @@ def test_cells_worst_attack_and_panels():
     assert cells.loc["median", "little"] == pytest.approx(0.7)
     assert cells.loc["krum", "empire"] == pytest.approx(0.9)
     assert cells.loc["median", "worst attack"] == "empire" and cells.loc["median", "worst"] == 0.5
-    assert cells.loc["krum", "worst attack"] == "little" and cells.loc["krum", "worst"] == 0.3
+    assert cells.loc["krum", "worst attack"] == "nan" and cells.loc["krum", "worst"] == 0.1
     assert list(cells.index) == ["krum", "median"]  # sorted by worst case
     update = panels[("update", 2)]
     assert pd.isna(update.loc["krum", "empire"]) and update.loc["krum", "worst"] == 0.7
-    assert "| krum | 0.900 | 0.300 | little | 0.300 |" in matrix.markdown(cells)
+    assert "| krum | 0.900 | 0.300 | 0.100 | nan | 0.100 |" in matrix.markdown(cells)
 
 
 def test_attack_with_several_argument_sets_is_shown_per_set():

@@ -4,8 +4,10 @@ Byzantine count, with each rule's worst attack, as Markdown tables and heatmaps.
 A cell is the best top-1 accuracy (in [0, 1]) of the runs of that rule under that attack, the
 mean over seeds and over any other setting the grid varies within the panel (learning rate,
 Nesterov); the "worst attack" of a rule is the attack whose cell is lowest, the rule's
-accuracy under it its robustness to the strongest attack of the grid. Runs that did not complete
-are left out of the means (the report lists them); a cell without a completed run is empty.
+accuracy under it its robustness to the strongest attack of the grid. A run that diverged counts
+with its best accuracy before the divergence (that of the initial model when it diverged at the
+first step); runs that failed (an error) are left out (the report lists them), and a cell
+without a run is empty.
 A rule or an attack that appears with several argument sets is shown once per set.
 """
 
@@ -41,8 +43,10 @@ def applies(table: pd.DataFrame) -> bool:
 
 def matrices(table: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFrame]]:
     """``[(panel, matrix)]``: per (placement, f), rules as rows, attacks as columns, the mean
-    best top-1 accuracy of the completed runs, and the columns ``worst attack`` and ``worst``."""
-    attacked = table[(table["role"] == "attacked") & (table["status"] == "completed")].copy()
+    best top-1 accuracy of the runs that completed or diverged, and the columns ``worst attack``
+    and ``worst``."""
+    counted = table["status"].isin(["completed", "diverged"])
+    attacked = table[(table["role"] == "attacked") & counted].copy()
     if attacked.empty:
         return []
     attacked["rule"] = _labels(attacked, "gar", "gar_args")
@@ -110,9 +114,10 @@ def section(table: pd.DataFrame, folder: Path | None) -> list[str]:
     """The report's lines for the rule x attack matrices (heatmaps drawn into ``folder``)."""
     lines = ["## Rules against attacks", ""]
     lines += [
-        "Best top-1 accuracy, mean over the completed runs (seeds, and any other setting the "
-        "grid varies within a panel); `worst` is the rule's "
-        "accuracy under the strongest attack of the grid (`worst attack`); rules sorted by it.",
+        "Best top-1 accuracy, mean over the runs (seeds, and any other setting the grid varies "
+        "within a panel; a diverged run counts with its accuracy before diverging); `worst` is "
+        "the rule's accuracy under the strongest attack of the grid (`worst attack`); rules "
+        "sorted by it.",
         "",
     ]
     for panel, cells in matrices(table):
