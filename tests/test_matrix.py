@@ -70,3 +70,18 @@ def test_heatmap_is_drawn(tmp_path):
     panel, cells = matrix.matrices(TABLE)[0]
     path = matrix.heatmap(panel, cells, tmp_path / "h.png")
     assert path.stat().st_size > 1000
+
+
+@pytest.mark.skipif(not plotting_available(), reason="matplotlib is not installed")
+def test_the_attack_named_nan_stays_a_name_in_the_report(tmp_path):
+    from jaxbyz.experiments import sweep as sweep_cli
+    from jaxbyz.experiments.storage import Store
+
+    committed = Path(__file__).parents[1] / "experiments/results/paper-fashion-mnist-seed1"
+    table = pd.read_csv(committed / "runs.csv", dtype={"reason": str})
+    attacked = table.index[table["role"] == "attacked"][:3]
+    table.loc[attacked, "attack"] = "nan"  # read back by default, "nan" would be a float NaN
+    table.to_csv(tmp_path / "runs.csv", index=False)
+    (tmp_path / "curves.csv.gz").write_bytes((committed / "curves.csv.gz").read_bytes())
+    text = Path(sweep_cli.report(Store(tmp_path), {}, plots=True)).read_text()
+    assert " nan |" in text.split("## Rules against attacks")[1].splitlines()[4]  # the header

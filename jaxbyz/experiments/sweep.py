@@ -281,7 +281,13 @@ def report(
     if not table_path.exists():
         raise ValueError(f"--output {root} holds no results (no runs.csv)")
     try:
-        table = pd.read_csv(table_path, dtype={"reason": str, "run_id": str})
+        # only empty cells are missing: the attack named "nan" must stay a name
+        table = pd.read_csv(
+            table_path,
+            dtype={"reason": str, "run_id": str},
+            keep_default_na=False,
+            na_values=[""],
+        )
         missing = [k for k in REQUIRED_ROW_KEYS if k not in table.columns]
         if missing:
             raise ValueError(f"no {', '.join(missing)} column(s)")
