@@ -33,29 +33,27 @@ Array = jax.Array
 
 
 def trust_scores(G: Array, reference: Array) -> tuple[Array, Array]:
-    """``(TS [n], norms [n])``: ``ReLU(cos(g_i, g_0))`` (0 for non-finite or zero rows) and the
-    rows' norms (computed without overflow)."""
+    """``(TS [n], U [n, d])``: the trust ``ReLU(cos(g_i, g_0))`` (0 for non-finite or zero rows)
+    and the rows as unit vectors ``g_i / ‖g_i‖`` (zero rows for non-finite ones; norms computed
+    without overflow)."""
     finite = row_finite(G)
     G = jnp.where(finite[:, None], G, 0.0)
     norms = row_norms(G)
+    directions = G / jnp.maximum(norms, 1e-30)[:, None]
     ref_norm = row_norms(reference[None])[0]
-    safe = jnp.maximum(norms, 1e-30)
-    directions = G / safe[:, None]
     cosine = jnp.dot(directions, reference / jnp.maximum(ref_norm, 1e-30), precision=HIGHEST)
     scores = jnp.where(finite & (norms > 0), jax.nn.relu(cosine), 0.0)
-    return scores, norms
+    return scores, directions
 
 
 def _fltrust(
     G: Array, f: int, *, key: Any = None, prev: Any = None, reference: Array, root_size: int
 ) -> tuple[Array, Array]:
-    scores, norms = trust_scores(G, reference)
-    ref_norm = row_norms(reference[None])[0]
-    finite = row_finite(G)
-    rows = jnp.where(finite[:, None], G, 0.0)
-    weights = scores * ref_norm / jnp.maximum(norms, 1e-30)
+    scores, directions = trust_scores(G, reference)
     total = jnp.sum(scores)
-    aggregate = row_weighted_sum(weights, rows) / jnp.where(total > 0, total, 1.0)
+    # Σ TS_i (‖g_0‖ / ‖g_i‖) g_i = ‖g_0‖ Σ TS_i u_i
+    weighted = row_weighted_sum(scores, directions) * row_norms(reference[None])[0]
+    aggregate = weighted / jnp.where(total > 0, total, 1.0)
     accepted = scores / jnp.maximum(jnp.max(scores), 1e-30)
     return aggregate.astype(G.dtype), accepted
 
