@@ -264,6 +264,9 @@ class HyperParams(NamedTuple):
     them. ``attack`` holds the traced parameters of the attack (:data:`TRACED_ATTACK_ARGS`).
     ``l1_regularize`` and ``weight_decay`` enter the program only when the configuration sets
     them to a non-zero value (:data:`GATED`): their presence is static, their value traced.
+    ``structure`` holds the structure choices (:func:`jaxbyz.structure.values`: placement,
+    Nesterov, moment-attack coefficients), read only by programs that trace them
+    (:class:`jaxbyz.structure.Traced`); a dedicated program takes them from its configuration.
     """
 
     learning_rate: Any
@@ -273,14 +276,19 @@ class HyperParams(NamedTuple):
     l1_regularize: Any
     weight_decay: Any
     attack: dict[str, Any]
+    structure: dict[str, Any]
 
     @classmethod
-    def from_config(cls, config: Config, attack_params: dict[str, Any] | None = None):
-        """The traced values of ``config`` as float32 scalars; ``attack_params``: the built
-        attack's parameters (``Attack.params``), of which the traced ones are taken."""
+    def from_config(cls, config: Config, attack: Any = None):
+        """The traced values of ``config`` as float32 scalars; ``attack``: the built attack
+        (:class:`jaxbyz.attacks.base.Attack`; built from ``config`` when None), whose traced
+        parameters are taken."""
+        from jaxbyz import attacks, structure
         from jaxbyz.schedules import first_rate
 
-        attack_params = attack_params or {}
+        if attack is None:
+            attack = attacks.get(config.attack, **config.attack_args)
+        attack_params = attack.params
         fields = {name: getattr(config, name) for name in TRACED_FIELDS}
         fields["learning_rate"] = first_rate(config)
         traced = {
@@ -288,10 +296,14 @@ class HyperParams(NamedTuple):
             for k in TRACED_ATTACK_ARGS
             if k in config.attack_args and k in attack_params
         }
-        return cls(**{k: jax.numpy.float32(v) for k, v in fields.items()}, attack=traced)
+        return cls(
+            **{k: jax.numpy.float32(v) for k, v in fields.items()},
+            attack=traced,
+            structure=structure.values(config, attack),
+        )
 
 
-TRACED_FIELDS = tuple(name for name in HyperParams._fields if name != "attack")
+TRACED_FIELDS = tuple(name for name in HyperParams._fields if name not in ("attack", "structure"))
 TRACED_ATTACK_ARGS = ("factor",)
 GATED = ("l1_regularize", "weight_decay")
 

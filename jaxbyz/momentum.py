@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from jaxbyz import transforms
@@ -90,6 +91,53 @@ def compose(
 
         def velocity(worker_state, aggregator_state, server_state):
             return aggregator_state.previous
+
+    return Composition(transforms.per_worker(worker, num_workers), server, velocity)
+
+
+def compose_traced(
+    placement: int | Array,
+    *,
+    beta: float | Array,
+    dampening: float | Array,
+    optimizer: optax.GradientTransformation,
+    num_workers: int,
+    weight_decay: float | Array | None = None,
+) -> Composition:
+    """The three placements as one composition, ``placement`` a traced index into
+    :data:`PLACEMENTS` (0 update, 1 worker, 2 server), so that runs differing only in their
+    placement run as one program (:mod:`jaxbyz.structure`).
+
+    The worker stage is :func:`jaxbyz.transforms.switch` over the three worker stages of
+    :func:`compose` (identity, worker momentum, server mix), the server stage switches the
+    server's momentum on for ``update`` only; every branch is computed (elementwise, cheap next
+    to the gradients) and the chosen one's result kept, so the run equals :func:`compose`'s for
+    that placement up to the rounding of fused arithmetic. The state holds every branch's
+    buffers (worker momenta ``[w, ...]`` even for ``update``). ``velocity`` returns one point per
+    worker ``[w, ...]``: the workers' momenta, or the shared buffer broadcast.
+    """
+    decay = [] if weight_decay is None else [optax.add_decayed_weights(weight_decay)]
+    worker = transforms.switch(
+        placement,
+        optax.identity(),
+        transforms.momentum(beta, dampening),
+        transforms.server_momentum(beta, dampening),
+    )
+    server_momentum = transforms.switch(
+        jnp.minimum(placement, 1), transforms.momentum(beta, dampening), optax.identity()
+    )
+    server = optax.chain(server_momentum, *decay, optimizer)
+
+    def velocity(worker_state, aggregator_state, server_state):
+        own = transforms.velocity(worker_state.states[1])  # [w, ...]
+        shared = jax.tree.map(
+            lambda m, a: jnp.where(placement == 0, m, a),
+            transforms.velocity(server_state[0].states[0]),
+            aggregator_state.previous,
+        )
+        return jax.tree.map(
+            lambda o, s: jnp.where(placement == 1, o, jnp.broadcast_to(s, o.shape)), own, shared
+        )
 
     return Composition(transforms.per_worker(worker, num_workers), server, velocity)
 

@@ -32,7 +32,8 @@ def run_bytes(sim: Any) -> int:
     """A lower bound of the bytes one run of ``sim`` holds (its data sets excluded)."""
     c, d = sim.config, sim.dim
     rows = sim.grad_workers + sim.honest + c.nb_workers * 3
-    rows += sim.honest if c.momentum_at == "worker" else 0
+    worker_momenta = c.momentum_at == "worker" or sim.traced.placement
+    rows += sim.honest if worker_momenta else 0
     rows += sim.past_window + 6
     inputs = sim.grad_workers * c.batch_size * math.prod(sim.dataset.input_shape) * 2
     return FLOAT * (rows * d + inputs)

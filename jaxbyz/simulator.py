@@ -41,11 +41,13 @@ from jax.sharding import Mesh
 from jaxbyz import data as data_lib
 from jaxbyz import initializers, losses, models, schedules, transforms
 from jaxbyz import metrics as metrics_lib
+from jaxbyz.attacks.statistics import mean_std
 from jaxbyz.config import Config, HyperParams
-from jaxbyz.momentum import Composition, compose
+from jaxbyz.momentum import Composition, compose, compose_traced
 from jaxbyz.resources import check_memory
-from jaxbyz.rows import row_mean
+from jaxbyz.rows import broadcast_row, row_mean
 from jaxbyz.sharding import Layout
+from jaxbyz.structure import STATIC, Traced
 from jaxbyz.validation import check_config
 
 Array = jax.Array
@@ -99,6 +101,7 @@ class Simulation:
     bound: float | None
     arrays: dict[str, Array]
     layout: Layout = dataclasses.field(default_factory=Layout)
+    traced: Traced = STATIC  # structure choices read from ``HyperParams.structure``
 
     # ------------------------------------------------------------------------------------------ #
     # Shapes
@@ -138,7 +141,7 @@ class Simulation:
 
     def default_hparams(self) -> HyperParams:
         """The traced hyper-parameters, from the configuration."""
-        return HyperParams.from_config(self.config, self.attack.params)
+        return HyperParams.from_config(self.config, self.attack)
 
     def hyperparams(self, overrides: HyperParams | dict[str, Any] | None) -> HyperParams:
         """The configuration's hyper-parameters with ``overrides`` (a dict or HyperParams)."""
@@ -171,7 +174,12 @@ class Simulation:
             optimizer=optimizer,
             weight_decay=hp.weight_decay if c.weight_decay else None,
         )
-        composition = compose(c.momentum_at, num_workers=self.honest, **placement)
+        if self.traced.placement:
+            composition = compose_traced(
+                hp.structure["placement"], num_workers=self.honest, **placement
+            )
+        else:
+            composition = compose(c.momentum_at, num_workers=self.honest, **placement)
         poisoners = self.byzantine if self.poisoning else 0
         # poisoning attackers run the honest workers' stage, or send raw gradients
         poison_placement = c.momentum_at if self.attack.params.get("momentum", True) else "update"
@@ -317,9 +325,17 @@ class Simulation:
     def _gradient_points(self, state: State, stages: Stages, hp: HyperParams) -> Array:
         """Where the gradients are taken: ``θ`` ``[d]``, or the Nesterov look-ahead along the
         composition's momentum: shared ``[d]``, or one point per row ``[w, d]`` when the workers
-        keep their own momentum (rows without one use ``θ``)."""
-        if not self.config.momentum_nesterov:
+        keep their own momentum (rows without one use ``θ``). With Nesterov traced, the flag
+        ``hp.structure["nesterov"]`` chooses between the look-ahead points and ``θ``."""
+        if not (self.config.momentum_nesterov or self.traced.nesterov):
             return state.theta
+        points = self._lookahead_points(state, stages, hp)
+        if self.traced.nesterov:
+            return jnp.where(hp.structure["nesterov"], points, state.theta)
+        return points
+
+    def _lookahead_points(self, state: State, stages: Stages, hp: HyperParams) -> Array:
+        """The Nesterov look-ahead points ``θ - γ β m`` (:meth:`_gradient_points`)."""
         lr = stages.schedule(state.step)
         velocity = stages.composition.velocity(
             state.worker_state, state.aggregator_state, state.server_state
@@ -416,6 +432,8 @@ class Simulation:
             return jnp.zeros((0, self.dim), honest.dtype)
         if self.poisoning:
             return poisoned
+        if self.traced.attack:
+            return moment_attack(honest, self.byzantine, hp.structure)
         return self.attack(
             honest,
             self.byzantine,
@@ -547,14 +565,32 @@ def _device_arrays(
     return {name: jnp.asarray(value) for name, value in arrays.items()}
 
 
+def moment_attack(honest: Array, f: int, structure: dict[str, Array]) -> Array:
+    """The moment family's ``f`` rows ``mu + a sigma + b mu`` (:mod:`jaxbyz.structure`), ``a``
+    and ``b`` traced (``structure["attack_std"]``, ``["attack_mean"]``); a zero coefficient's
+    term is left out (not multiplied: ``0 x inf`` would be NaN), so ``little`` and ``empire``
+    give their own rows exactly."""
+    mu, sigma = mean_std(honest)
+    a, b = structure["attack_std"].astype(mu.dtype), structure["attack_mean"].astype(mu.dtype)
+    row = mu + jnp.where(a != 0, a * sigma, 0.0)
+    row = row + jnp.where(b != 0, b * mu, 0.0)
+    return broadcast_row(row, f)
+
+
 def make_simulation(
-    config: Config, dataset: data_lib.Dataset | None = None, mesh: Mesh | None = None
+    config: Config,
+    dataset: data_lib.Dataset | None = None,
+    mesh: Mesh | None = None,
+    traced: Traced = STATIC,
 ) -> Simulation:
     """Validate ``config``, load the data (unless given) and build the static simulation.
 
     With a ``mesh`` (:func:`jaxbyz.sharding.worker_mesh`), the worker axis is split over its
     devices (see :mod:`jaxbyz.sharding`); pass inputs through ``simulation.layout.place``.
+    ``traced``: the structure choices the program reads from ``HyperParams.structure`` instead
+    of ``config`` (:mod:`jaxbyz.structure`; a sweep sets those its grouped runs vary in).
     """
+    _check_traced(config, traced)
     rule, attack = check_config(config)
     layout = Layout(mesh)
     if dataset is None:
@@ -576,6 +612,7 @@ def make_simulation(
         bound=rule.upper_bound(config.nb_workers, config.nb_decl_byz, int(flat.shape[0])),
         arrays={},
         layout=layout,
+        traced=traced,
     )
     if layout.mesh is None:  # split over devices, each holds a part: not checked here
         check_memory(sim)
@@ -583,8 +620,24 @@ def make_simulation(
     return dataclasses.replace(sim, arrays=arrays)
 
 
+def _check_traced(config: Config, traced: Traced) -> None:
+    """Refuse tracing a choice ``config`` cannot take as a traced value."""
+    from jaxbyz.structure import traceable
+
+    able = traceable(config)
+    for name in ("placement", "nesterov", "attack"):
+        if getattr(traced, name) and not getattr(able, name):
+            raise ValueError(
+                f"traced={traced}: the {name} of this configuration cannot be traced (attack "
+                f"{config.attack!r} {config.attack_args}); fix: leave {name} static"
+            )
+
+
 def make_train(
-    config: Config, dataset: data_lib.Dataset | None = None, mesh: Mesh | None = None
+    config: Config,
+    dataset: data_lib.Dataset | None = None,
+    mesh: Mesh | None = None,
+    traced: Traced = STATIC,
 ) -> Callable[..., dict[str, Any]]:
     """``train(key, hparams=None, data=None) -> {"accuracy": [E], "study": {name: [T]}, "theta"}``.
 
@@ -594,9 +647,11 @@ def make_train(
     dict of attack parameters). For a real dataset pass its device arrays, ``train.data``, as an
     argument rather than letting the function close over them (closed-over arrays are compiled
     in as constants): ``jax.jit(jax.vmap(train, in_axes=(0, None, None)))(keys, None,
-    train.data)``.
+    train.data)``. With ``traced`` (:class:`jaxbyz.structure.Traced`), the placement, Nesterov
+    or the moment attack are read from ``hparams.structure``: ``HyperParams.from_config`` of
+    each configuration gives them, and runs differing in them ``vmap`` together.
     """
-    sim = make_simulation(config, dataset, mesh)
+    sim = make_simulation(config, dataset, mesh, traced)
 
     def train(key: Array, hparams: HyperParams | dict | None = None, data: Data | None = None):
         return sim.run(key, hparams, data)

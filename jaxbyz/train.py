@@ -29,6 +29,8 @@ import jax
 import numpy as np
 
 from jaxbyz import aggregators, attacks, checkpoint, cli
+from jaxbyz import cache as compilation_cache
+from jaxbyz.cache import CACHE_HELP
 from jaxbyz.config import Config, flag
 from jaxbyz.data import DATASET_ALIASES, DatasetNotFoundError
 from jaxbyz.metrics import NAMES, divergence
@@ -82,6 +84,7 @@ class RunOptions:
         "the paper's interactive prompt every N steps",
         ignored="runs are not interactive; use the result files and --checkpoint-delta",
     )
+    cache_dir: str | None = flag(None, CACHE_HELP, metavar="DIR")
     dry_run: bool = flag(
         False, "check the flags, print the resolved configuration, compile nothing", kind="switch"
     )
@@ -595,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
 
             initialize_distributed(*distributed)
         config = seeded(config)
+        compilation_cache.enable(options.cache_dir)
         with jax.default_device(device):
             summary = run(
                 config,

@@ -213,6 +213,52 @@ def per_worker(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+class SwitchState(NamedTuple):
+    """State of :func:`switch`: every branch's own state."""
+
+    states: tuple[Any, ...]
+
+
+def switch(
+    index: int | Array, *branches: optax.GradientTransformation
+) -> optax.GradientTransformationExtraArgs:
+    """Apply ``branches[index]``, ``index`` a traced integer (or a Python int).
+
+    Every branch is computed and the chosen one's updates are kept (``jnp.where``, not
+    ``lax.cond``), so that runs with different ``index`` values batch under ``vmap`` into one
+    program and the result equals the chosen branch's alone; the states of the branches not
+    chosen stay as they were. Extra arguments reach the branches that declare them. Meant for
+    cheap elementwise branches (momentum buffers), not for expensive ones.
+    """
+    if not branches:
+        raise ValueError("switch: give at least one branch")
+    branches = tuple(optax.with_extra_args_support(b) for b in branches)
+
+    def init_fn(params):
+        return SwitchState(tuple(b.init(params) for b in branches))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        results = [
+            b.update(updates, s, params, **extra_args)
+            for b, s in zip(branches, state.states, strict=True)
+        ]
+        chosen = results[-1][0]
+        for i in range(len(results) - 2, -1, -1):
+            chosen = _select(jnp.asarray(index) == i, results[i][0], chosen)
+        states = tuple(
+            _select(jnp.asarray(index) == i, new, old)
+            for i, ((_, new), old) in enumerate(zip(results, state.states, strict=True))
+        )
+        return chosen, SwitchState(states)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _select(pick: Array, a: Any, b: Any) -> Any:
+    """``a`` where ``pick`` else ``b``, leaf by leaf."""
+    return jax.tree.map(lambda x, y: jnp.where(pick, x, y), a, b)
+
+
 CLIP_MODES = ("scale", "unit")
 
 

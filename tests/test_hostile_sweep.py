@@ -71,6 +71,8 @@ def finished(tmp_path_factory):
     from jax._src import compilation_cache
     from test_sweep import install_standins
 
+    from jaxbyz import cache as compilation_cache_dir
+
     install_standins()
     base = tmp_path_factory.mktemp("hostile-sweep")
     cache = base / "cache"
@@ -80,7 +82,7 @@ def finished(tmp_path_factory):
         "jax_persistent_cache_min_entry_size_bytes",
     )
     before = {name: getattr(jax.config, name) for name in options}
-    runner.enable_compilation_cache(cache)
+    compilation_cache_dir.enable(cache)
     compilation_cache.reset_cache()  # a process that compiled before checks the cache again
     grid = _grid(base / "hostile.toml", [1, 2, 3, 4])
     out = base / "out"

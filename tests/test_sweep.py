@@ -129,10 +129,12 @@ def test_paper_presets_match_the_paper_counts():
     paper = grid_lib.load_grid("paper")
     assert (len(paper.runs), paper.configurations(), paper.count("attacked")) == (3680, 736, 3520)
     # the real-data check of issue 5: Fashion-MNIST, seed 1, no Nesterov: 2 lr x (2 f: 20 + 24
-    # attacked, 1 baseline each) = 92 runs; the learning rates share programs: 46 programs
+    # attacked, 1 baseline each) = 92 runs; the learning rates share programs: 46 programs, 13
+    # with the placement and the attack traced (11 rule x f settings, 2 baselines)
     quick = grid_lib.load_grid("paper-fashion-mnist", {"seed": [1], "momentum_nesterov": False})
     assert len(quick.runs) == 92 and quick.count("baseline") == 4
-    assert len(grid_lib.group_programs(quick.runs)) == 46
+    assert len(grid_lib.group_programs(quick.runs, trace_structure=False)) == 46
+    assert len(grid_lib.group_programs(quick.runs)) == 13
     bulyan = [r.config for r in quick.runs if r.config.gar == "bulyan"]
     assert bulyan and all(c.nb_workers >= 4 * c.nb_decl_byz + 3 for c in bulyan)
     baselines = {(r.config.nb_workers, r.config.gar) for r in quick.runs if r.role == "baseline"}
@@ -175,8 +177,10 @@ def test_toml_lists_expand_to_the_product(tmp_path):
         ("little", 1.5),
         ("empire", 1.1),
     }
-    # learning rates and seeds are traced: 2 n x 2 placements x 2 attacks programs
-    assert len(grid_lib.group_programs(g.runs)) == 8
+    # learning rates and seeds are traced: 2 n x 2 placements x 2 attacks programs; the
+    # placement and the attack too, with the structure traced: 2 programs
+    assert len(grid_lib.group_programs(g.runs, trace_structure=False)) == 8
+    assert len(grid_lib.group_programs(g.runs)) == 2
     assert len(grid_lib.load_grid(path, {"learning_rate": 1}).runs) == 16
     assert grid_lib.load_grid(path, {"learning_rate": 1}).runs[0].config.learning_rate == 1.0
     bad = write_grid(tmp_path / "bad.toml", "learning_rat = 0.1\n")
@@ -548,7 +552,11 @@ def test_cli_help_and_dry_run(tmp_path, capsys, standins):
     )
     text = capsys.readouterr().out
     assert code == 0
-    assert "92 runs (88 attacked, 4 baseline)" in text and "92 to run in 46 programs" in text
+    assert "92 runs (88 attacked, 4 baseline)" in text and "92 to run in 13 programs" in text
+    assert "traced: placement, attack" in text
+    argv = ["paper-fashion-mnist", "--seeds", "1", "--set", "momentum_nesterov=false"]
+    assert sweep.main([*argv, "--dry-run", "--dedicated-programs"]) == 0
+    assert "92 to run in 46 programs" in capsys.readouterr().out
     assert not (tmp_path / "dry").exists()
     with pytest.raises(SystemExit):
         sweep.main(["no-such-preset"])

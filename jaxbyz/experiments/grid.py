@@ -86,6 +86,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Union
 
+from jaxbyz import structure
 from jaxbyz.config import (
     DEFAULTS,
     FIELD_TYPES,
@@ -189,14 +190,23 @@ class Run:
         )
 
 
-def program_key(config: Config) -> str:
+def program_key(config: Config, trace_structure: bool = True) -> str:
     """The static part of ``config``: runs with equal keys compile to one program. The traced
     hyper-parameters (:class:`jaxbyz.config.HyperParams`) and the seed are left out (the seed
     stays when it draws the honest workers' partition, ``--partition``, or the server's root set,
-    host-side arrays); of the gated ones, only whether they are on."""
+    host-side arrays); of the gated ones, only whether they are on. With ``trace_structure``,
+    so are the structure choices ``config`` can take as traced values (the placement, Nesterov,
+    a moment-family attack: :mod:`jaxbyz.structure`)."""
     from jaxbyz.data import partition_uses_seed
 
     payload = identity_dict(config)
+    if trace_structure:
+        able = structure.traceable(config)
+        for choice, fields in structure.FIELDS.items():
+            if getattr(able, choice):
+                for name in fields:
+                    payload.pop(name, None)
+                payload[f"traced_{choice}"] = True
     for name in TRACED_FIELDS:
         payload.pop(name, None)
         if name in GATED:
@@ -205,9 +215,10 @@ def program_key(config: Config) -> str:
         partition_uses_seed(config.partition, config.dirichlet_alpha) or _reads_root_set(config)
     ):
         payload.pop("seed")
-    payload["attack_args"] = {
-        k: v for k, v in config.attack_args.items() if k not in TRACED_ATTACK_ARGS
-    }
+    if "attack_args" in payload:
+        payload["attack_args"] = {
+            k: v for k, v in config.attack_args.items() if k not in TRACED_ATTACK_ARGS
+        }
     return json.dumps(payload, sort_keys=True, default=str)
 
 
@@ -241,23 +252,35 @@ class Program:
         return hashlib.sha1(self.key.encode()).hexdigest()[:10]
 
     @property
+    def traced(self) -> structure.Traced:
+        """The structure choices its runs differ in, traced values of the program."""
+        return structure.varying([r.config for r in self.runs])
+
+    @property
     def label(self) -> str:
-        c = self.runs[0].config
+        configs = [r.config for r in self.runs]
+        c = configs[0]
+
+        def values(field: str) -> str:
+            return "|".join(dict.fromkeys(str(getattr(x, field)) for x in configs))
+
+        nesterov = {x.momentum_nesterov for x in configs}
+        tail = {frozenset({True}): " nesterov", frozenset({False}): ""}.get(
+            frozenset(nesterov), " nesterov|plain"
+        )
         if self.runs[0].role == "baseline":
-            return f"{c.dataset} average n={c.nb_workers}" + (
-                " nesterov" if c.momentum_nesterov else ""
-            )
+            return f"{c.dataset} average n={c.nb_workers}{tail}"
         return (
-            f"{c.dataset} {c.gar} vs {c.attack} n={c.nb_workers} f={c.nb_decl_byz} "
-            f"at {c.momentum_at}" + (" nesterov" if c.momentum_nesterov else "")
+            f"{c.dataset} {c.gar} vs {values('attack')} n={c.nb_workers} f={c.nb_decl_byz} "
+            f"at {values('momentum_at')}{tail}"
         )
 
 
-def group_programs(runs: Iterable[Run]) -> list[Program]:
-    """Group runs by static key, in first-seen order."""
+def group_programs(runs: Iterable[Run], trace_structure: bool = True) -> list[Program]:
+    """Group runs by static key (:func:`program_key`), in first-seen order."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
-        groups.setdefault(program_key(run.config), []).append(run)
+        groups.setdefault(program_key(run.config, trace_structure), []).append(run)
     return [Program(key, tuple(members)) for key, members in groups.items()]
 
 

@@ -24,7 +24,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -73,17 +72,6 @@ def resolve_devices(spec: str = "all", platform: str | None = None) -> list[jax.
             f"--devices {spec!r}: expected all, a count from 1 to {len(devices)}, or indices "
             f"such as 0,1 (local devices: {', '.join(str(d) for d in devices)})"
         ) from None
-
-
-def enable_compilation_cache(folder: str | Path | None) -> None:
-    """Keep compiled programs on disk (JAX's persistent cache) so that a resumed sweep does not
-    compile again what it compiled before it was killed; ``None`` leaves the cache off."""
-    if folder is None:
-        return
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def stack_inputs(runs: Sequence[Run], hparams: Sequence[HyperParams], device: jax.Device):
@@ -173,12 +161,16 @@ class Sweep:
         compile_workers: int | None = None,
         recorded: tuple[dict[str, dict[str, Any]], dict[str, Curves]] | None = None,
         datasets: dict[tuple, data_lib.Dataset] | None = None,
+        trace_structure: bool = True,
     ) -> None:
         """``recorded``: the store's runs and curves, already loaded (``Store.load``); by default
         they are loaded here, a damaged part moved aside with one warning (``log``).
         ``datasets``: data sets already loaded, by ``(dataset, data_dir)`` (the others are
-        loaded when a program first needs them)."""
+        loaded when a program first needs them). ``trace_structure``: runs differing only in
+        their placement, Nesterov or moment attack share a program (:mod:`jaxbyz.structure`);
+        False compiles one program for each."""
         self.grid, self.store, self.max_batch = grid, store, max_batch
+        self.trace_structure = trace_structure
         if compile_workers is None:
             compile_workers = default_compile_workers()
         if compile_workers < 1:
@@ -217,7 +209,8 @@ class Sweep:
 
     def plan(self) -> list[tuple[Program, list[list[Run]]]]:
         """The programs of the pending runs and their batches."""
-        return [(p, chunks(p.runs, self.max_batch)) for p in group_programs(self.pending())]
+        programs = group_programs(self.pending(), self.trace_structure)
+        return [(p, chunks(p.runs, self.max_batch)) for p in programs]
 
     # -- execution ---------------------------------------------------------------------------- #
 
@@ -311,18 +304,19 @@ class Sweep:
         from jaxbyz.simulator import make_simulation
 
         first = program.runs[0].config
+        traced = program.traced
         try:
             attacks = {r.id: check_config(r.config)[1] for r in program.runs}
-            sim = make_simulation(first, self.dataset(first))
+            sim = make_simulation(first, self.dataset(first), traced=traced)
         except Exception as err:  # invalid configuration or missing data: every run fails
             return {"error": f"{type(err).__name__}: {err}", "label": program.label}
         # the dataset's arrays are passed per device (_device_arrays); drop this copy
         sim = dataclasses.replace(
             sim, arrays={k: v for k, v in sim.arrays.items() if k not in DATA_KEYS}
         )
-        hparams = {
-            r.id: HyperParams.from_config(r.config, attacks[r.id].params) for r in program.runs
-        }
+        hparams = {r.id: HyperParams.from_config(r.config, attacks[r.id]) for r in program.runs}
+        if traced.attack:  # the attacks' own numbers are replaced by the moment coefficients
+            hparams = {i: hp._replace(attack={}) for i, hp in hparams.items()}
         return {
             "sim": sim,
             "hparams": hparams,

@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from jaxbyz.cache import CACHE_HELP
+
 EPILOG = """\
 presets (experiments/presets/*.toml):
 {presets}
@@ -104,11 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         "most 8); 1 compiles one program at a time, still overlapped with execution",
     )
     add("--platform", default=None, help="device platform: cpu, gpu or tpu (default: JAX's)")
+    add("--cache-dir", default=None, metavar="DIR", help=CACHE_HELP)
     add(
-        "--cache-dir",
-        default=str(Path.home() / ".cache" / "jaxbyz" / "xla"),
-        help="persistent compilation cache, so a resumed sweep does not compile again; 'none' "
-        "turns it off (default %(default)s)",
+        "--dedicated-programs",
+        action="store_true",
+        help="compile one program per momentum placement, Nesterov setting and attack; by "
+        "default runs differing only in those (attacks of the form mu + a sigma + b mu: little, "
+        "empire with fixed factors) share one program, the choices traced values",
     )
     add("--dry-run", action="store_true", help="list the runs and programs; compile nothing")
     add(
@@ -160,7 +164,9 @@ def dry_run(sweep: Any) -> None:
     print(f"{len(grid.runs) - pending} runs already done; {pending} to run in {len(plan)} programs")
     for i, (program, batches) in enumerate(plan, 1):
         sizes = ", ".join(str(len(b)) for b in batches)
-        print(f"program {i} [{program.id}] {program.label}: batches of {sizes}")
+        traced = program.traced
+        shared = f"; traced: {traced.describe()}" if traced else ""
+        print(f"program {i} [{program.id}] {program.label}: batches of {sizes}{shared}")
         for run in program.runs:
             print(f"    {run.id}  {run.name}")
 
@@ -345,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from jaxbyz import cache as compilation_cache
     from jaxbyz.experiments import grid as grid_lib
     from jaxbyz.experiments import runner
 
@@ -395,9 +402,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
         recorded = load_parts(store, "their runs are not recorded and run again")
         meta = grid_identity(store, meta, grid, set(recorded[0]), args.add, another)
         sweep = _sweep(args, grid, store, devices, recorded, datasets)
-        runner.enable_compilation_cache(
-            None if args.cache_dir.lower() == "none" else args.cache_dir
-        )
+        compilation_cache.enable(args.cache_dir)
         session = {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         meta.setdefault("sessions", []).append(session)
         store.write_meta(meta)  # the folder's grid, before the first batch ends
@@ -430,6 +435,7 @@ def _sweep(
         compile_workers=args.compile_workers,
         recorded=recorded,
         datasets=datasets,
+        trace_structure=not args.dedicated_programs,
     )
 
 
