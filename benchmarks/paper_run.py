@@ -18,6 +18,8 @@ import time
 
 import jax
 
+from jaxbyz import cache as compilation_cache
+from jaxbyz.cache import CACHE_HELP
 from jaxbyz.config import PAPER_RUN
 from jaxbyz.train import run
 
@@ -30,7 +32,15 @@ def main() -> None:
     parser.add_argument("--clip-mode", default="scale", choices=("scale", "paper"))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help=f"{CACHE_HELP}; an empty folder measures a first run, the same folder again a "
+        "warm one",
+    )
     args = parser.parse_args()
+    folder = compilation_cache.enable(args.cache_dir)
     config = PAPER_RUN.replace(
         momentum_at=args.momentum_at, clip_mode=args.clip_mode, seed=args.seed
     )
@@ -42,6 +52,7 @@ def main() -> None:
         f"{jax.devices()[0].device_kind}, jax {jax.__version__}",
         "end_to_end_seconds": round(total, 2),
         "compile_seconds": round(summary["compile_seconds"], 2),
+        "compilation_cache": str(folder) if folder else "off",
         "run_seconds": round(summary["run_seconds"], 2),
         "steps_per_second": round(summary["steps_per_second"], 1),
         "best_accuracy": summary["best_accuracy"],
