@@ -33,6 +33,10 @@ where ``momentum(β, δ)`` keeps ``m_t = β m_{t-1} + (1 - δ) u_t`` (``optax.tr
 dampening), and the paper's Nesterov variant takes the gradients at :func:`lookahead`
 ``θ_t - γ_t β m``. Learning-rate schedules are optax schedules (:mod:`jaxbyz.schedules`).
 
+:func:`switch` chooses among transformations by a traced index (every branch computed, the chosen
+one kept), which lets runs with different placements share one compiled program
+(:func:`jaxbyz.momentum.compose_traced`).
+
 Every factory returns an ``optax.GradientTransformation`` (or ``...ExtraArgs``) whose state is a
 NamedTuple, so that they compose with any optax code: ``robust_aggregate`` drops into a user's
 own training loop, ``per_worker`` vmaps any optax transformation over the workers.
@@ -227,8 +231,9 @@ def switch(
     Every branch is computed and the chosen one's updates are kept (``jnp.where``, not
     ``lax.cond``), so that runs with different ``index`` values batch under ``vmap`` into one
     program and the result equals the chosen branch's alone; the states of the branches not
-    chosen stay as they were. Extra arguments reach the branches that declare them. Meant for
-    cheap elementwise branches (momentum buffers), not for expensive ones.
+    chosen stay as they were. Extra arguments reach the branches that declare them. An index
+    past the last branch chooses the last. Meant for cheap elementwise branches (momentum
+    buffers), not for expensive ones.
     """
     if not branches:
         raise ValueError("switch: give at least one branch")

@@ -31,8 +31,10 @@ setting, the same run with the n - f honest workers only, the average and no att
 accuracy is the reference ``ref`` of the paper's headline statistic.
 
 Runs that differ only in traced hyper-parameters (:class:`jaxbyz.config.HyperParams`: learning
-rate, momentum, dampening, regularisation factors, weight decay, attack factor) and seed share
-one compiled program (``program_key``).
+rate, momentum, dampening, regularisation factors, weight decay, attack factor), seed and
+structure choices (the momentum placement, Nesterov, a moment-family attack:
+:mod:`jaxbyz.structure`) share one compiled program (``program_key``; ``trace_structure=False``
+keeps one program per structure choice).
 
 Checks. :func:`load_grid` and :func:`expand` check a grid completely before anything runs (so
 does ``--dry-run``), and refuse it with one :class:`GridError` (a ValueError) of one line that
