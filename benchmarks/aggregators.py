@@ -7,9 +7,18 @@ median time per call over ``--repeats`` calls after one warm-up call, the effect
 whose matrix exceeds ``--max-gb`` are skipped, and so are the larger shapes of a rule once one of
 its calls took more than ``--budget`` seconds. Writes ``<out>.json`` and ``<out>.md``.
 
+The hardware's limit, measured in the same run: for each shape, one copy of the same matrix,
+timed like the rules, by XLA (a jitted ``X + z`` with ``z`` a traced zero, so that XLA must
+write a fresh buffer) and by NumPy (``np.copyto`` into a buffer allocated once). ``copy GB/s`` is
+the faster of the two, in bytes of input per second (a copy also writes as many), and each
+rule's ``of copy`` is its GB/s over that: the fraction of one memory pass its time amounts to.
+A rule must read its whole input once, so 1.0 is the most a rule that reads its input can
+expect; a rule that only reduces (no full-size write) can exceed it, up to the read bandwidth.
+
     python benchmarks/aggregators.py --quick                 # n=51 and n=256 at d=79,510
     python benchmarks/aggregators.py --rules krum median --n 51 256 --d 100000
     python benchmarks/aggregators.py                          # the whole grid (hours on 2 cores)
+    python benchmarks/aggregators.py --kernels --n 256 1024 --d 79510 --repeats 7
 
 ``f`` is the paper's choice for ``n = 51``: ``(n-3)//2`` (24), ``(n-3)//4`` for Bulyan (12), and
 for brute the largest ``f <= (n-1)//2`` with ``C(n, f) <= 10^5``.
@@ -165,6 +174,30 @@ def timed(fn: Callable[[], object], repeats: int, budget: float) -> tuple[float,
     return statistics.median(times), len(times)
 
 
+_COPY: dict[tuple[int, int], dict] = {}
+
+
+def copy_bandwidth(G: jax.Array, repeats: int) -> dict:
+    """Bytes of ``G`` copied per second (GB/s), by XLA and by NumPy, measured once per shape."""
+    shape = tuple(G.shape)
+    if shape not in _COPY:
+        nbytes = G.size * G.dtype.itemsize
+        zero = jnp.zeros((), G.dtype)
+        xla = jax.jit(lambda X, z: X + z).lower(G, zero).compile()
+        jax.block_until_ready(xla(G, zero))
+        xla_s = timed(lambda: xla(G, zero), repeats, math.inf)[0]
+        src = np.asarray(G)
+        dst = np.empty_like(src)
+        np.copyto(dst, src)
+        numpy_s = timed(lambda: np.copyto(dst, src), repeats, math.inf)[0]
+        _COPY[shape] = {
+            "copy_xla_gb_per_s": round(nbytes / xla_s / 1e9, 3),
+            "copy_numpy_gb_per_s": round(nbytes / numpy_s / 1e9, 3),
+        }
+        _COPY[shape]["copy_gb_per_s"] = max(_COPY[shape].values())
+    return _COPY[shape]
+
+
 def bench_one(name: str, n: int, d: int, args: argparse.Namespace) -> dict:
     """One rule at one shape: compile and run times, bandwidth, NumPy baseline."""
     f = tolerated(name, n)
@@ -191,6 +224,8 @@ def bench_one(name: str, n: int, d: int, args: argparse.Namespace) -> dict:
         "gb_per_s": round(n * d * 4 / jax_s / 1e9, 3),
         "first_call_s": round(first_s, 3),
     }
+    record.update(copy_bandwidth(G, args.repeats))
+    record["of_copy"] = round(record["gb_per_s"] / record["copy_gb_per_s"], 4)
     numpy_ok = n <= args.numpy_max_n and not (name == "brute" and n > 11)
     if not args.no_numpy and name in NUMPY and numpy_ok:
         Gn = np.asarray(G)
@@ -205,6 +240,7 @@ def bench_one(name: str, n: int, d: int, args: argparse.Namespace) -> dict:
         )
         record["numpy_ms"] = round(np_s * 1e3, 3)
         record["numpy_over_jax"] = round(np_s / jax_s, 2)
+        record["numpy_of_copy"] = round(n * d * 4 / np_s / 1e9 / record["copy_gb_per_s"], 4)
     target = TARGETS_MS.get((n, name))
     if target is not None and d == 79_510:
         record["target_ms"] = target
@@ -217,22 +253,73 @@ def markdown(records: list[dict], header: str) -> str:
     lines = [
         header,
         "",
-        "| rule | n | d | f | ms/call | compile s | GB/s | NumPy ms | NumPy/JAX | target ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| rule | n | d | f | ms/call | compile s | GB/s | copy GB/s | of copy | NumPy ms "
+        "| NumPy of copy | NumPy/JAX | target ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    nan = float("nan")
     for r in records:
         if "skipped" in r:
-            lines.append(f"| {r['rule']} | {r['n']} | {r['d']} | | skipped: {r['skipped']} |||||")
+            lines.append(
+                f"| {r['rule']} | {r['n']} | {r['d']} | | skipped: {r['skipped']} ||||||||"
+            )
             continue
         target = ""
         if "target_ms" in r:
             target = f"{r['target_ms']} ({'met' if r['met'] else 'missed'})"
         lines.append(
             f"| {r['rule']} | {r['n']} | {r['d']} | {r['f']} | {r['ms']:.1f} | "
-            f"{r['compile_s']:.1f} | {r['gb_per_s']:.2f} | {r.get('numpy_ms', float('nan')):.1f} "
-            f"| {r.get('numpy_over_jax', float('nan')):.2f} | {target} |"
+            f"{r['compile_s']:.1f} | {r['gb_per_s']:.2f} | {r['copy_gb_per_s']:.2f} | "
+            f"{r['of_copy']:.3f} | {r.get('numpy_ms', nan):.1f} | "
+            f"{r.get('numpy_of_copy', nan):.3f} | {r.get('numpy_over_jax', nan):.2f} | {target} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def kernels(n: int, d: int, rounds: int) -> list[dict]:
+    """The CPU kernels of the rules against NumPy, alternating ``rounds`` times in one process:
+    the median's selection (``np.partition``; the host selection alone; with NaN counted as +Inf
+    inside it; the median rule as the callers run it, NaN replaced first by XLA; the previous
+    network path) and the Gram matrix (NumPy's ``G @ G.T``; the FFI BLAS call; XLA's dot)."""
+    from jaxbyz.aggregators import distance, host, order
+
+    G = jax.block_until_ready(jax.random.normal(jax.random.key(n * 7 + d), (n, d), jnp.float32))
+    Gn = np.asarray(G)
+    k = (n - 1) // 2
+    median = aggregators.get("median")
+
+    def compiled(fn: Callable, selection: str = "host") -> Callable[[], jax.Array]:
+        order.CPU_SELECTION = selection
+        try:
+            c = jax.jit(fn).lower(G).compile()
+        finally:
+            order.CPU_SELECTION = "host"
+        return lambda: c(G)
+
+    fns: dict[str, Callable[[], object]] = {
+        "np.partition": lambda: np.partition(Gn, k, axis=0)[k],
+        "host select": compiled(lambda G: host.select(G, k, k)),
+        "select, NaN as +Inf": compiled(lambda G: order.order_statistics(G, (k,), True)[k]),
+        "median rule": compiled(lambda G: median.aggregate(G, 0)[0]),
+    }
+    if n <= 1024:
+        fns["median rule, network"] = compiled(lambda G: median.aggregate(G, 0)[0], "network")
+    if n <= 4096:
+        fns["numpy G @ G.T"] = lambda: Gn @ Gn.T
+        fns["gram, FFI BLAS"] = compiled(host.gram)
+        fns["gram, XLA dot"] = compiled(distance.xla_gram)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    return [
+        {"kernel": name, "n": n, "d": d, "ms": round(statistics.median(t) * 1e3, 2), "runs": len(t)}
+        for name, t in times.items()
+    ]
 
 
 def main() -> None:
@@ -251,7 +338,21 @@ def main() -> None:
         "--numpy-max-n", type=int, default=1024, help="no NumPy baseline above this n"
     )
     parser.add_argument("--out", default="benchmarks/results/aggregators")
+    parser.add_argument(
+        "--kernels",
+        action="store_true",
+        help="time the CPU selection and Gram kernels against NumPy instead (see kernels())",
+    )
     args = parser.parse_args()
+    if args.kernels:
+        rows = [r for n in args.n for d in args.d for r in kernels(n, d, args.repeats)]
+        table = ["| kernel | n | d | ms (median) |", "|---|---:|---:|---:|"]
+        table += [f"| {r['kernel']} | {r['n']} | {r['d']} | {r['ms']:.1f} |" for r in rows]
+        print("\n".join(table))
+        out = Path(args.out + "-kernels")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+        return
     shapes = list(QUICK) if args.quick else [(n, d) for n in args.n for d in args.d]
     shapes.sort(key=lambda s: s[0] * s[1])
     records: list[dict] = []

@@ -41,22 +41,27 @@ Array = jax.Array
 
 def coordinate_median(X: Array, lower: bool = True) -> Array:
     """Coordinate-wise median of the rows of ``X`` ``[n, d]`` (NaN counts as +Inf)."""
-    return columnwise(lambda B: _median_block(nan_to_inf(B), lower), X)
+    return columnwise(lambda B: _median_block(B, lower, nan_as_inf=True), X)
 
 
 def trimmed_mean(X: Array, f: int) -> Array:
     """``(1/(n-2f)) Σ_{f <= r < n-f} x_(r)`` per coordinate (NaN counts as +Inf)."""
-    return columnwise(lambda B: _trmean_block(nan_to_inf(B), f), X)
+    return columnwise(lambda B: _trmean_block(B, f, nan_as_inf=True), X)
 
 
-def _median_block(X: Array, lower: bool) -> Array:
+def _median_block(X: Array, lower: bool, nan_as_inf: bool = False) -> Array:
+    """The median of a block; ``nan_as_inf``: NaN counts as +Inf inside the selection (no
+    replaced copy of the block is written first)."""
     n = X.shape[0]
-    return median_rows(order_statistics(X, median_ranks(n, lower)), n, lower)
+    ranks = median_ranks(n, lower)
+    return median_rows(order_statistics(X, ranks, nan_as_inf=nan_as_inf), n, lower)
 
 
-def _trmean_block(X: Array, f: int) -> Array:
+def _trmean_block(X: Array, f: int, nan_as_inf: bool = False) -> Array:
+    """The trimmed mean of a block (``nan_as_inf`` as for :func:`_median_block`)."""
     n = X.shape[0]
-    return sum_ranks(order_statistics(X, range(f, n - f)), f, n - f) / (n - 2 * f)
+    S = order_statistics(X, range(f, n - f), nan_as_inf=nan_as_inf)
+    return sum_ranks(S, f, n - f) / (n - 2 * f)
 
 
 SHORT_WINDOW = 3
@@ -90,8 +95,7 @@ def closest_to_median(X: Array, m: int, lower: bool) -> Array:
         return median_window_of_rows([X[i] for i in range(n)], m, lower)
 
     def block(B: Array) -> Array:
-        B = nan_to_inf(B)
-        return closest_mean(B, _median_block(B, lower), m)
+        return closest_mean(nan_to_inf(B), _median_block(B, lower, nan_as_inf=True), m)
 
     return columnwise(block, X)
 
@@ -106,8 +110,7 @@ def _trmean(G: Array, f: int, *, key: Any = None, prev: Any = None) -> tuple:
 
 def _phocas(G: Array, f: int, *, key: Any = None, prev: Any = None) -> tuple:
     def block(B: Array) -> Array:
-        B = nan_to_inf(B)
-        return closest_mean(B, _trmean_block(B, f), B.shape[0] - f)
+        return closest_mean(nan_to_inf(B), _trmean_block(B, f, nan_as_inf=True), B.shape[0] - f)
 
     return columnwise(block, G), None
 

@@ -10,6 +10,18 @@ diagonal entry, are ``+Inf``.
 Precision: the formula loses about ``eps · ‖a‖² / ‖a - b‖²`` in relative terms, which is small
 for gradients (``‖a‖`` within a few hundred times ``‖a - b‖``); exact ties between identical
 rows are preserved since their Gram entries are computed identically.
+
+On the CPU backend the Gram matrix can instead come from the host's BLAS (``CPU_GRAM = "blas"``,
+read when a program is traced; :func:`jaxbyz.aggregators.host.gram`, an XLA FFI call reading XLA's
+buffer in place): NumPy computes ``X @ X.T`` as a symmetric rank-k update, half the multiply-adds
+of the general product XLA runs. On an idle 2-core VM that halves Krum's time at ``n = 51`` and
+``256`` (Gram 6.3 vs 11.2 ms and 75 vs 143 ms), and no formulation in XLA matched it (the
+transposed operand compiles to the same program; products by column chunks were no faster). It
+is not the default: OpenBLAS's threads spin, and when other work shares the cores its time
+explodes (Krum at ``n = 51`` took 520 ms per call with the BLAS Gram against 10.8 ms with XLA's
+dot while another job loaded the VM), and its results differ from XLA's in the last bits (another
+order of additions), so near-ties between Krum scores can resolve differently. The default,
+``"xla"``, keeps XLA's dot everywhere (figures in ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -18,14 +30,25 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxbyz.aggregators import host
 from jaxbyz.rows import HIGHEST
 
 Array = jax.Array
 BLOCK_ROWS = 1024
+CPU_GRAM = "xla"  # on the CPU backend: "xla" (XLA's dot) or "blas" (NumPy's, host.gram)
 
 
 def gram(X: Array, block_rows: int = BLOCK_ROWS) -> Array:
-    """``X Xᵀ`` ``[n, n]``, by blocks of ``block_rows`` rows when ``n`` exceeds it."""
+    """``X Xᵀ`` ``[n, n]``: XLA's dot, by blocks of ``block_rows`` rows when ``n`` exceeds it
+    (or on CPU with ``CPU_GRAM = "blas"`` the host's BLAS: see the module doc)."""
+    if CPU_GRAM == "blas" and host.gram_supported(X):
+        return lax.platform_dependent(X, cpu=host.gram, default=lambda X: xla_gram(X, block_rows))
+    return xla_gram(X, block_rows)
+
+
+def xla_gram(X: Array, block_rows: int = BLOCK_ROWS) -> Array:
+    """``X Xᵀ`` by XLA's dot at ``Precision.HIGHEST``, by blocks of ``block_rows`` rows when
+    ``n`` exceeds it."""
     n = X.shape[0]
     if n <= block_rows:
         return jnp.dot(X, X.T, precision=HIGHEST)

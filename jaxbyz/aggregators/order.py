@@ -5,16 +5,29 @@ PyTorch). For ``n <= NETWORK_MAX_ROWS`` the sorted rows come instead from
 Batcher's odd-even merge sorting network, a fixed sequence of compare-exchanges
 ``(x_a, x_b) <- (min, max)`` applied to whole rows: XLA fuses the whole network and the rule that
 consumes it into one elementwise loop (the median of 51 rows: ~4 ms). Only the comparators on which
-the requested order statistics depend are emitted. Above ``NETWORK_MAX_ROWS`` (where compiling one
-fused network takes minutes), the same network runs layer by layer on blocks of columns small
-enough to stay in cache (:func:`columnwise`); ``jnp.sort`` is not used on CPU.
+the requested order statistics depend are emitted.
 
-On GPU and TPU the blocks are the wrong choice: each of the ~300 blocks x ~55 layers of
-``n = 1024`` is a kernel launch (the median of 1024 x 79,510 took 208 ms on an H200), while XLA's
-sort of the whole matrix is one kernel. Above ``NETWORK_MAX_ROWS`` the choice is therefore made per
-platform when the program is lowered (``lax.platform_dependent``): the blocked network on CPU,
-``jnp.sort`` over the whole matrix elsewhere. Up to ``NETWORK_MAX_ROWS`` the fused network is used
-everywhere (on an H200 the median of 51 x 79,510 takes 0.24 ms).
+Above ``NETWORK_MAX_ROWS`` (where compiling one fused network takes minutes) the requested ranks
+are taken as one window ``lo .. hi`` (:func:`rank_window`), chosen per platform when the program
+is lowered (``lax.platform_dependent``):
+
+- on CPU, NumPy's selection on the host (:func:`jaxbyz.aggregators.host.select`, an XLA FFI call
+  reading XLA's buffer in place): introselect per coordinate on transposed column blocks, on all
+  cores. The median of 256 x 79,510 floats fell from 628 ms (the network below) to NumPy's
+  ``np.partition`` time on the same matrix or less (figures in ``benchmarks/README.md``);
+- elsewhere, the rows ``lo .. hi`` of ``jnp.sort`` over the whole matrix: on GPU and TPU one sort
+  kernel beats any blocked scheme (the blocked network below took 208 ms for the median of
+  1024 x 79,510 on an H200, ~300 blocks x ~55 layers of kernel launches).
+
+The window is returned as a :class:`RankWindow`, indexed by rank. Its values are the network's
+(an order statistic is an input value: only the sign of a tied zero may differ), and the sums over
+ranks that the rules take afterwards are the same XLA products over the same rows in the same
+order, so the rules' results are those of the network bit for bit (``tests/test_cpu_selection.py``).
+``CPU_SELECTION = "network"`` (read when a program is traced) restores the previous CPU path: the
+layered network run as a ``scan`` over its layers on blocks of 256 columns that stay in cache
+(:func:`columnwise`, :func:`sort_rows`), 10x faster than ``jnp.sort`` on CPU but 4-7x slower than
+NumPy. Up to ``NETWORK_MAX_ROWS`` the fused network is used everywhere (on an H200 the median of
+51 x 79,510 takes 0.24 ms).
 
 Callers replace NaN by +Inf first (:func:`jaxbyz.aggregators.ops.nan_to_inf`).
 """
@@ -30,12 +43,15 @@ import numpy as np
 from jax import lax
 from jax.lax import platform_dependent
 
+from jaxbyz.aggregators import host
+from jaxbyz.aggregators.ops import nan_to_inf
 from jaxbyz.rows import row_weighted_sum
 
 Array = jax.Array
 
 NETWORK_MAX_ROWS = 128
 CHUNK_COLUMNS = 256
+CPU_SELECTION = "host"  # above NETWORK_MAX_ROWS on CPU: "host" (NumPy) or "network" (blocked)
 
 
 @functools.cache
@@ -136,13 +152,15 @@ def sorted_rows(X: Array) -> Array:
 def columnwise(body: Callable[[Array], Array], X: Array, chunk: int = CHUNK_COLUMNS) -> Array:
     """``body`` (``[n, c] -> [c]``, column by column) applied to ``X`` ``[n, d]``.
 
-    For ``n <= NETWORK_MAX_ROWS`` it runs once on the whole matrix (a fused network). Above, on
-    CPU it runs on blocks of ``chunk`` columns in a loop, so that the layered sort of each block
-    stays in cache (the last block overlaps the previous one rather than padding ``X``); on other
-    platforms once on the whole matrix, which it then sorts with XLA's sort.
+    For ``n <= NETWORK_MAX_ROWS`` it runs once on the whole matrix (a fused network), and so it
+    does above when the order statistics come from the host (:data:`CPU_SELECTION` ``"host"``,
+    the default). With ``"network"``, above ``NETWORK_MAX_ROWS``, on CPU it runs on blocks of
+    ``chunk`` columns in a loop, so that the layered sort of each block stays in cache (the last
+    block overlaps the previous one rather than padding ``X``); on other platforms once on the
+    whole matrix, which it then sorts with XLA's sort.
     """
     n, d = X.shape
-    if n <= NETWORK_MAX_ROWS or d <= chunk:
+    if n <= NETWORK_MAX_ROWS or d <= chunk or _host_selection(X):
         return body(X)
     # off CPU, the whole matrix at once (``body`` then sorts with jnp.sort: see the module doc)
     return platform_dependent(X, cpu=lambda X: _by_blocks(body, X, chunk), default=body)
@@ -159,23 +177,75 @@ def _by_blocks(body: Callable[[Array], Array], X: Array, chunk: int) -> Array:
     return lax.fori_loop(0, starts.shape[0], step, jnp.zeros((d,), X.dtype))
 
 
-Ranked = dict[int, Array] | Array
+def _host_selection(X: Array) -> bool:
+    """Whether order statistics of ``X`` above ``NETWORK_MAX_ROWS`` come from a window of ranks
+    (host selection on CPU, ``jnp.sort`` elsewhere) rather than the blocked network."""
+    return CPU_SELECTION == "host" and host.supported(X)
 
 
-def order_statistics(X: Array | Sequence[Array], ranks: Sequence[int]) -> Ranked:
+class RankWindow:
+    """The sorted rows of ranks ``lo .. lo + k - 1`` (``rows`` ``[k, d]``), indexed by rank:
+    ``S[r]`` is the row of rank ``r`` and ``S[a:b]`` the rows of ranks ``a .. b - 1``."""
+
+    def __init__(self, rows: Array, lo: int):
+        self.rows, self.lo = rows, lo
+
+    @property
+    def dtype(self) -> jnp.dtype:
+        return self.rows.dtype
+
+    def __getitem__(self, r: int | slice) -> Array:
+        k = self.rows.shape[0]
+        if isinstance(r, slice):
+            start = self.lo if r.start is None else r.start
+            stop = self.lo + k if r.stop is None else r.stop
+            if r.step not in (None, 1) or not self.lo <= start <= stop <= self.lo + k:
+                raise IndexError(f"ranks {r} outside the window {self.lo}..{self.lo + k - 1}")
+            return self.rows[start - self.lo : stop - self.lo]
+        if not self.lo <= r < self.lo + k:
+            raise IndexError(f"rank {r} outside the window {self.lo}..{self.lo + k - 1}")
+        return self.rows[r - self.lo]
+
+
+Ranked = dict[int, Array] | Array | RankWindow
+
+
+def rank_window(X: Array, lo: int, hi: int, nan_as_inf: bool = False) -> Array:
+    """The sorted rows of ranks ``lo .. hi`` of ``X`` ``[n, d]``, ``[hi - lo + 1, d]``: NumPy's
+    selection on the host on CPU (:func:`jaxbyz.aggregators.host.select`), the rows of
+    ``jnp.sort`` elsewhere. ``nan_as_inf``: NaN counts as +Inf."""
+
+    def sort(X: Array) -> Array:
+        return jnp.sort(nan_to_inf(X) if nan_as_inf else X, axis=0)[lo : hi + 1]
+
+    return platform_dependent(X, cpu=lambda X: host.select(X, lo, hi, nan_as_inf), default=sort)
+
+
+def order_statistics(
+    X: Array | Sequence[Array], ranks: Sequence[int], nan_as_inf: bool = False
+) -> Ranked:
     """The order statistics ``x_(r)`` (0-based ``r``-th smallest per coordinate) of ``X``.
 
     ``X`` is an ``[n, d]`` matrix or a list of ``n`` rows ``[d]`` (lazy expressions that XLA fuses
     into the network). Returns ``S`` with ``S[r]`` the ``[d]`` row of rank ``r``: a dict of the
-    requested ranks (network) or the whole sorted matrix (layered sort for large ``n``). Ties
-    and ±Inf are exact; NaN must have been replaced.
+    requested ranks (network), or above ``NETWORK_MAX_ROWS`` a :class:`RankWindow` of the ranks
+    from the smallest to the largest requested (or, with ``CPU_SELECTION = "network"``, the whole
+    sorted matrix). Ties and ±Inf are exact. NaN must have been replaced by +Inf, or
+    ``nan_as_inf=True`` given: then NaN counts as +Inf, and on the host path (CPU, above
+    ``NETWORK_MAX_ROWS``) XLA does not write the replaced matrix first (a pass over ``X`` that
+    costs 44 ms at 256 x 79,510 on the 2-core VM, where every fresh buffer page-faults).
     """
     n = len(X) if isinstance(X, (list, tuple)) else X.shape[0]
     wanted = tuple(sorted(set(ranks)))
     if any(r < 0 or r >= n for r in wanted):
         raise ValueError(f"order statistics {wanted} out of range for {n} rows")
     if n > NETWORK_MAX_ROWS:
-        return sorted_rows(jnp.stack(X) if isinstance(X, (list, tuple)) else X)
+        X = jnp.stack(X) if isinstance(X, (list, tuple)) else X
+        if _host_selection(X):
+            return RankWindow(rank_window(X, wanted[0], wanted[-1], nan_as_inf), wanted[0])
+        return sorted_rows(nan_to_inf(X) if nan_as_inf else X)
+    if nan_as_inf:
+        X = [nan_to_inf(x) for x in X] if isinstance(X, (list, tuple)) else nan_to_inf(X)
     rows = list(X) if isinstance(X, (list, tuple)) else [X[i] for i in range(n)]
     for a, b in pruned_network(n, wanted):
         rows[a], rows[b] = jnp.minimum(rows[a], rows[b]), jnp.maximum(rows[a], rows[b])
