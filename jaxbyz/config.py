@@ -108,7 +108,48 @@ class Config:
         metavar="SPEC",
     )
     nb_local_steps: int = flag(
-        1, "local steps per gradient (1: standard SGD, the only value the paper's code runs)"
+        1,
+        "federated rounds: local steps K each participating worker takes from the server's "
+        "model before sending its model change (1: standard SGD, the paper's step)",
+        metavar="K",
+    )
+    clients_per_round: int | None = flag(
+        None,
+        "federated rounds: clients M sampled uniformly (without replacement) each round from "
+        "the n workers; Byzantine identities are fixed for the run (default: all take part)",
+        metavar="M",
+    )
+    round_decl_byz: int | None = flag(
+        None,
+        "with --clients-per-round: the Byzantine count the rule is told each round (default: "
+        "the worst case min(--nb-decl-byz, M))",
+    )
+    local_state: str = flag(
+        "keep",
+        "federated rounds: the workers' optimiser state (momentum) is kept across rounds "
+        "(keep) or restarted at each round (reset)",
+        choices=lambda: ["keep", "reset"],
+    )
+    server_learning_rate: float = flag(
+        1.0,
+        "the server optimiser's learning rate, relative to the schedule: theta -= (this x "
+        "gamma_t) x a_t (1 with sgd and local steps is FedAvg; FedOpt otherwise)",
+    )
+    topology: str | None = flag(
+        None,
+        "decentralized learning on a graph, one node per worker (no server): complete, ring, "
+        "torus:RxC, two-cliques, erdos-renyi:P, star",
+        metavar="GRAPH",
+    )
+    mixing: str = flag(
+        "rule",
+        "with --topology: how each honest node combines its neighbours' models: rule (--gar on "
+        "its neighbourhood, told --nb-decl-byz per neighbourhood), gossip (Metropolis-Hastings "
+        "weights), clipped-gossip (He, Karimireddy & Jaggi 2022)",
+        choices=lambda: ["rule", "gossip", "clipped-gossip"],
+    )
+    mixing_args: dict[str, Any] = flag(
+        None, "its arguments: clipped-gossip tau:RADIUS (default: adaptive)", kind="keyval"
     )
     # ----- aggregation and attack
     gar: str = flag(
@@ -203,6 +244,24 @@ class Config:
         """Honest workers: all the workers that do not attack."""
         return self.nb_workers - self.f_real
 
+    @property
+    def federated(self) -> bool:
+        """Whether the run has federated rounds: local steps or partial participation."""
+        return self.nb_local_steps != 1 or self.clients_per_round not in (None, self.nb_workers)
+
+    @property
+    def participants(self) -> int:
+        """Workers taking part in each round (all of them without --clients-per-round)."""
+        return self.nb_workers if self.clients_per_round is None else self.clients_per_round
+
+    @property
+    def round_f_decl(self) -> int:
+        """The Byzantine count the rule is told each round: ``--round-decl-byz``, or the worst
+        case ``min(--nb-decl-byz, M)`` for ``M`` participants."""
+        if self.round_decl_byz is not None:
+            return self.round_decl_byz
+        return min(self.nb_decl_byz, self.participants)
+
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
@@ -227,6 +286,13 @@ LATER_FIELDS = (
     "criterion_args",
     "l1_regularize",
     "nb_local_steps",
+    "clients_per_round",
+    "round_decl_byz",
+    "local_state",
+    "server_learning_rate",
+    "topology",
+    "mixing",
+    "mixing_args",
     "partition",
     "gars",
     "server_optimizer",

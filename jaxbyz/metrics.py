@@ -51,6 +51,8 @@ NAMES = (
     "byzantine_accepted",
     "variance_norm_ratio",
     "learning_rate",
+    "byzantine_participants",
+    "consensus_distance",
 )
 
 
@@ -105,12 +107,17 @@ def study(
     past: Array,
     step: Array,
     momentum: Array,
+    byzantine_participants: Array | int | None = None,
+    consensus_distance: Array | float = 0.0,
 ) -> tuple[dict[str, Array], Array]:
     """All per-step study metrics (a dict of float32 scalars named as in ``NAMES``) and the
     updated ring of past sampled means.
 
     ``accepted`` is the rule's ``[n]`` acceptance mask (honest rows first) or None for rules that
-    do not select; ``byzantine_accepted`` is then NaN.
+    do not select; ``byzantine_accepted`` is then NaN. ``byzantine_participants``: the Byzantine
+    rows the rule received (default: the rows of ``byzantine``; with partial participation, the
+    Byzantine clients sampled in the round). ``consensus_distance``: ``mean_i ||θ_i - θ̄||²`` over
+    the honest nodes' models on a graph (0 with one shared model).
     """
     s_mean, s_norm, s_dev, s_max = summarize(sampled)
     h_mean, h_norm, h_dev, h_max = summarize(honest)
@@ -147,6 +154,8 @@ def study(
         "byzantine_accepted": accepted_share,
         "variance_norm_ratio": h_dev / h_norm,
         "learning_rate": learning_rate,
+        "byzantine_participants": f if byzantine_participants is None else byzantine_participants,
+        "consensus_distance": consensus_distance,
     }
     return {name: jnp.asarray(values[name], jnp.float32) for name in NAMES}, past
 

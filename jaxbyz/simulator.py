@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -73,6 +73,18 @@ class State:
     past: Array  # [P, d] past sampled-gradient means, a ring (the study's curvature)
     step: Array  # int32 step counter
     key: Array
+
+
+class Submissions(NamedTuple):
+    """What the workers computed in one step (or one federated round)."""
+
+    sampled: Array  # [s, d] gradient estimates of honest data at θ (the study's "sampled")
+    loss: Array  # mean training loss of the sampled rows
+    model_updates: Any  # the honest rows' averaged model-state updates (BatchNorm statistics)
+    honest: Array  # [h, d] what the honest workers send
+    poisoned: Array  # [f, d] what the data-poisoning attackers send ([0, d] without them)
+    worker_state: Any
+    poisoner_state: Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +147,11 @@ class Simulation:
         return self.sampled + (self.byzantine if self.poisoning else 0)
 
     @property
+    def worker_rows(self) -> int:
+        """Rows of the honest workers' stage: one per honest worker."""
+        return self.honest
+
+    @property
     def past_window(self) -> int:
         """Past sampled means the study keeps (at least the previous one)."""
         return max(1, self.config.nb_for_study_past)
@@ -165,8 +182,14 @@ class Simulation:
         """The step's transformations, with the traced values of ``hp``."""
         c = self.config
         schedule = schedules.from_config(c, hp.learning_rate)
+        server_schedule = schedule
+        if c.server_learning_rate != 1.0:  # --server-learning-rate scales the server's rate
+
+            def server_schedule(count):
+                return c.server_learning_rate * schedule(count)
+
         optimizer = transforms.server_optimizer(
-            c.server_optimizer, schedule, **c.server_optimizer_args
+            c.server_optimizer, server_schedule, **c.server_optimizer_args
         )
         placement = dict(
             beta=hp.momentum,
@@ -176,16 +199,18 @@ class Simulation:
         )
         if self.traced.placement:
             composition = compose_traced(
-                hp.structure["placement"], num_workers=self.honest, **placement
+                hp.structure["placement"], num_workers=self.worker_rows, **placement
             )
         else:
-            composition = compose(c.momentum_at, num_workers=self.honest, **placement)
+            composition = compose(c.momentum_at, num_workers=self.worker_rows, **placement)
         poisoners = self.byzantine if self.poisoning else 0
         # poisoning attackers run the honest workers' stage, or send raw gradients
         poison_placement = c.momentum_at if self.attack.params.get("momentum", True) else "update"
         poisoner = compose(poison_placement, num_workers=poisoners, **placement).worker
         clip = transforms.per_worker(self._clip(), self.grad_workers)
-        aggregator = transforms.robust_aggregate(self.rule, c.nb_decl_byz, num_workers=c.nb_workers)
+        aggregator = transforms.robust_aggregate(
+            self.rule, c.round_f_decl, num_workers=c.participants
+        )
         return Stages(schedule, clip, composition, poisoner, aggregator)
 
     def _clip(self) -> optax.GradientTransformation:
@@ -357,32 +382,64 @@ class Simulation:
 
     def step(self, state: State, hp: HyperParams, data: Data) -> tuple[State, dict[str, Array]]:
         """One synchronous step of Byzantine SGD; returns the new state and the study metrics."""
-        h, f = self.honest, self.byzantine
         key, k_grad, k_attack, k_rule = jax.random.split(state.key, 4)
-        rule, reference = self.rule, None
-        if self.rule.needs_reference:  # the server's gradient on its root set (FLTrust)
-            reference = self._reference_gradient(state, jax.random.fold_in(k_rule, 1), hp, data)
-            rule = self.rule.with_reference(reference)
+        rule, reference = self._rule_and_reference(state, hp, data, k_rule)
         stages = self.stages(hp)
-        lr = stages.schedule(state.step)
-        rows = self.layout.rows
+        sub = self._submissions(state, stages, hp, data, k_grad)
+        return self._conclude(state, stages, hp, sub, rule, reference, key, k_attack, k_rule)
 
+    def _rule_and_reference(self, state: State, hp: HyperParams, data: Data, k_rule: Array):
+        """The rule, bound to the server's reference gradient when it reads one (FLTrust)."""
+        if not self.rule.needs_reference:
+            return self.rule, None
+        reference = self._reference_gradient(state, jax.random.fold_in(k_rule, 1), hp, data)
+        return self.rule.with_reference(reference), reference
+
+    def _submissions(
+        self, state: State, stages: Stages, hp: HyperParams, data: Data, key: Array
+    ) -> Submissions:
+        """The gradients at ``θ`` (or the look-ahead points) and what the workers send."""
+        h = self.honest
         points = self._gradient_points(state, stages, hp)
-        grads, losses_, updates = self._gradients(state, points, k_grad, hp, data)
+        grads, losses_, updates = self._gradients(state, points, key, hp, data)
         grads, _ = stages.clip.update(grads, stages.clip.init(state.theta))
-        grads = rows(grads)
+        grads = self.layout.rows(grads)
         chex.assert_shape(grads, (self.grad_workers, self.dim))
-
         previous = {"previous_aggregate": state.aggregator_state.previous}
         sent, worker_state = stages.composition.worker.update(
             grads[:h], state.worker_state, state.theta, **previous
         )
-        # attacks, rules and metrics read whole columns: coordinates split over the devices
-        honest = self.layout.columns(sent)
         poisoned, poisoner_state = stages.poisoner.update(
             grads[self.sampled :], state.poisoner_state, state.theta, **previous
         )
-        byzantine = self._byzantine(honest, self.layout.columns(poisoned), k_attack, hp, rule)
+        return Submissions(
+            sampled=grads[: self.sampled],
+            loss=row_mean(losses_[: self.sampled, None])[0],
+            model_updates=updates,
+            honest=sent,
+            poisoned=poisoned,
+            worker_state=worker_state,
+            poisoner_state=poisoner_state,
+        )
+
+    def _conclude(
+        self,
+        state: State,
+        stages: Stages,
+        hp: HyperParams,
+        sub: Submissions,
+        rule: Any,
+        reference: Array | None,
+        key: Array,
+        k_attack: Array,
+        k_rule: Array,
+    ) -> tuple[State, dict[str, Array]]:
+        """The attack, the rule, the server's update and the study, from the submissions."""
+        f = self.byzantine
+        # attacks, rules and metrics read whole columns: coordinates split over the devices
+        honest = self.layout.columns(sub.honest)
+        poisoned = self.layout.columns(sub.poisoned)
+        byzantine = self._byzantine(honest, poisoned, k_attack, hp, rule)
         chex.assert_shape(byzantine, (f, self.dim))
         received = self.layout.columns(jnp.concatenate([honest, byzantine], axis=0))
         aggregate, aggregator_state = stages.aggregator.update(
@@ -394,27 +451,26 @@ class Simulation:
         update, server_state = stages.composition.server.update(
             aggregate, state.server_state, state.theta
         )
-        theta = optax.apply_updates(state.theta, update)
-
-        sampled = grads[: self.sampled]
         study, past = metrics_lib.study(
-            sampled=sampled,
+            sampled=sub.sampled,
             honest=honest,
             byzantine=byzantine,
             aggregate=aggregate,
             accepted=aggregator_state.accepted if self.rule.selects else None,
-            loss=row_mean(losses_[: self.sampled, None])[0],
+            loss=sub.loss,
             l2_from_origin=jnp.linalg.norm(state.theta - state.theta0),
-            learning_rate=lr,
+            learning_rate=stages.schedule(state.step),
             past=state.past,
             step=state.step,
             momentum=hp.momentum,
+            byzantine_participants=f,
         )
+        rows = self.layout.rows
         new_state = state.replace(
-            theta=theta,
-            model_state={**state.model_state, **updates},
-            worker_state=jax.tree.map(rows, worker_state),
-            poisoner_state=jax.tree.map(rows, poisoner_state),
+            theta=optax.apply_updates(state.theta, update),
+            model_state={**state.model_state, **sub.model_updates},
+            worker_state=jax.tree.map(rows, sub.worker_state),
+            poisoner_state=jax.tree.map(rows, sub.poisoner_state),
             aggregator_state=aggregator_state,
             server_state=server_state,
             past=past,
@@ -600,7 +656,7 @@ def make_simulation(
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy, train=False))
     params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"])
     flat, unravel = ravel_pytree(params)
-    sim = Simulation(
+    sim = simulation_class(config)(
         config=config,
         dataset=dataset,
         rule=rule,
@@ -618,6 +674,20 @@ def make_simulation(
         check_memory(sim)
     arrays = _device_arrays(config, dataset, layout, rule.reference_size)
     return dataclasses.replace(sim, arrays=arrays)
+
+
+def simulation_class(config: Config) -> type[Simulation]:
+    """The simulation a configuration runs: synchronous SGD with a server, federated rounds
+    (:mod:`jaxbyz.federated`) or learning on a graph (:mod:`jaxbyz.decentralized`)."""
+    if config.topology is not None:
+        from jaxbyz.decentralized import DecentralizedSimulation
+
+        return DecentralizedSimulation
+    if config.federated:
+        from jaxbyz.federated import FederatedSimulation
+
+        return FederatedSimulation
+    return Simulation
 
 
 def _check_traced(config: Config, traced: Traced) -> None:

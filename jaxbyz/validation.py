@@ -318,13 +318,7 @@ def check_config(config: Any) -> tuple[Any, Any]:
     _count("--seed", c.seed, -(2**31))  # negative: drawn by the command line
     _optional("--batch-size-test", c.batch_size_test, _count, minimum=1)
     _optional("--batch-size-test-reps", c.batch_size_test_reps, _count, minimum=1)
-    _count("--nb-local-steps", c.nb_local_steps, 1)
-    if c.nb_local_steps != 1:
-        raise ValueError(
-            f"--nb-local-steps {c.nb_local_steps} cannot be honoured: local steps are not "
-            "implemented (the paper's code refuses them too, 'Multi-steps SGD disabled until "
-            "code review'); use 1"
-        )
+    _check_rounds(c)
     _built("--model", c.model, lambda: models.get(c.model, NUM_CLASSES[c.dataset], **c.model_args))
     for flag_name, name, args, mono in (
         ("--init-multi", c.init_multi, c.init_multi_args, False),
@@ -365,7 +359,7 @@ def check_config(config: Any) -> tuple[Any, Any]:
             f"--nb-decl-byz must be in [0, nb-workers), got {c.nb_decl_byz} with --nb-workers "
             f"{c.nb_workers}; fix: declare fewer Byzantine workers or add workers"
         )
-    if not 0 <= c.f_real <= c.nb_decl_byz:
+    if c.topology is None and not 0 <= c.f_real <= c.nb_decl_byz:
         raise ValueError(
             f"--nb-real-byz must be between 0 and --nb-decl-byz ({c.nb_decl_byz}), got {c.f_real}"
         )
@@ -373,14 +367,85 @@ def check_config(config: Any) -> tuple[Any, Any]:
         rule = _built("--gars", c.gars, lambda: aggregators.from_gars(c.gars))
     else:
         rule = _built("--gar", c.gar, lambda: aggregators.get(c.gar, **c.gar_args))
+    attack = _built("--attack", c.attack, lambda: attacks.get(c.attack, **c.attack_args))
+    if c.topology is not None:
+        from jaxbyz.decentralized import check_decentralized
+
+        check_decentralized(c, rule, attack)
+        return rule, attack
+    if c.attack == "dissensus" and c.f_real > 0:
+        raise ValueError(
+            "--attack dissensus is defined on a graph (each Byzantine node sends each neighbour "
+            "its own vector); fix: add --topology GRAPH or choose another attack"
+        )
+    rows, f_decl = c.participants, c.round_f_decl
     try:
-        rule.check(c.nb_workers, c.nb_decl_byz)
+        rule.check(rows, f_decl)
     except ValueError as err:
         flag_name = "--gars" if c.gars is not None else f"--gar {c.gar}"
+        told = (
+            f"--nb-workers {c.nb_workers}, --nb-decl-byz {c.nb_decl_byz}"
+            if rows == c.nb_workers and f_decl == c.nb_decl_byz
+            else f"{rows} clients per round, told {f_decl} Byzantine"
+        )
         raise ValueError(
-            f"{flag_name}: {err} (--nb-workers {c.nb_workers}, --nb-decl-byz {c.nb_decl_byz}); "
-            "fix: add workers or declare fewer Byzantine ones"
+            f"{flag_name}: {err} ({told}); fix: add workers or declare fewer Byzantine ones"
         ) from None
-    attack = _built("--attack", c.attack, lambda: attacks.get(c.attack, **c.attack_args))
-    attack.check(c.nb_workers, c.nb_decl_byz, c.f_real)
+    attack.check(rows, f_decl, min(c.f_real, rows, f_decl))
+    if c.clients_per_round is not None and c.f_real > 0:
+        _check_partial_attack(c, attack)
     return rule, attack
+
+
+def _check_rounds(c: Any) -> None:
+    """The federated flags: ``--nb-local-steps K >= 1``, ``1 <= --clients-per-round M <= n``,
+    ``0 <= --round-decl-byz < M``, ``--local-state``, ``--server-learning-rate > 0``; local steps
+    and partial participation without Nesterov or a graph."""
+    _count("--nb-local-steps", c.nb_local_steps, 1)
+    if c.clients_per_round is not None:
+        _count("--clients-per-round", c.clients_per_round, 1)
+        if c.clients_per_round > c.nb_workers:
+            raise ValueError(
+                f"--clients-per-round {c.clients_per_round} exceeds the {c.nb_workers} clients "
+                f"(--nb-workers); fix: --clients-per-round <= {c.nb_workers}"
+            )
+    elif c.round_decl_byz is not None:
+        raise ValueError(
+            f"--round-decl-byz {c.round_decl_byz} is for partial participation; fix: add "
+            "--clients-per-round M or use --nb-decl-byz"
+        )
+    if c.round_decl_byz is not None:
+        _count("--round-decl-byz", c.round_decl_byz, 0)
+        if c.round_decl_byz >= c.participants:
+            raise ValueError(
+                f"--round-decl-byz {c.round_decl_byz} must be below the {c.participants} clients "
+                "per round; fix: declare fewer Byzantine clients"
+            )
+    if c.local_state not in ("keep", "reset"):
+        raise ValueError(f"--local-state {c.local_state!r} is unknown; choose keep or reset")
+    _real("--server-learning-rate", c.server_learning_rate, strict=True)
+    if c.federated and c.momentum_nesterov:
+        raise ValueError(
+            "--momentum-nesterov with federated rounds (--nb-local-steps > 1 or "
+            "--clients-per-round) is not defined here; fix: drop --momentum-nesterov"
+        )
+    if c.federated and c.topology is not None:
+        raise ValueError(
+            f"--topology {c.topology!r} with federated rounds: a graph has no server to run "
+            "rounds; fix: drop --nb-local-steps/--clients-per-round or --topology"
+        )
+
+
+def _check_partial_attack(c: Any, attack: Any) -> None:
+    """With partial participation the number of Byzantine clients in a round varies: only
+    attacks computed from masked statistics (the moment family with a fixed factor) or from the
+    attackers' own data (data poisoning) are defined; others need a fixed row count."""
+    from jaxbyz.structure import attack_moments
+
+    if attack.poison is not None or attack_moments(attack.name, attack.params) is not None:
+        return
+    raise ValueError(
+        f"--attack {c.attack} {c.attack_args or ''} with --clients-per-round: the honest rows of "
+        "a round vary in number, and this attack needs a fixed count; fix: little or empire with "
+        "a fixed factor (e.g. --attack-args factor:1.5), or labelflip"
+    )

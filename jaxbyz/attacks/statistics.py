@@ -13,7 +13,19 @@ import jax.numpy as jnp
 from jaxbyz.rows import row_mean, row_weighted_sum
 
 Array = jax.Array
-__all__ = ["mean_std"]
+__all__ = ["masked_mean_std", "mean_std"]
+
+
+def masked_mean_std(X: Array, mask: Array) -> tuple[Array, Array]:
+    """:func:`mean_std` of the rows of ``X`` ``[k, d]`` where ``mask`` ``[k]`` is true: the
+    rows of a fixed-shape matrix whose number varies (the honest clients of a round). With
+    fewer than two such rows ``sigma`` is 0."""
+    count = jnp.sum(mask)
+    weights = mask / jnp.maximum(count, 1)
+    mu = row_weighted_sum(weights, X)
+    dev = jnp.where(mask[:, None], X - mu, 0.0)
+    spread = mask / jnp.maximum(count - 1, 1)
+    return mu, jnp.sqrt(row_weighted_sum(spread, dev * dev))
 
 
 def mean_std(H: Array) -> tuple[Array, Array]:
