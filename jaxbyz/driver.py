@@ -92,6 +92,7 @@ class Result:
     study: dict[str, Array]
     accuracy: Array | None
     state: Any
+    node_accuracy: Array | None = None  # [3] min, mean, max over a graph's nodes, when evaluated
 
 
 class Driver:
@@ -114,6 +115,12 @@ class Driver:
         if self.sim.evaluation_steps()[0] > 0:
             return state, jax.numpy.full((), jax.numpy.nan, jax.numpy.float32)
         return state, self.sim.evaluate(state, data)
+
+    def _evaluate(self, state: Any, data: dict) -> Any:
+        """The accuracy; with several models (a graph's nodes), also their min, mean, max."""
+        if not self.sim.several_models:
+            return self.sim.evaluate(state, data)
+        return self.sim.evaluate(state, data), self.sim.evaluate_nodes(state, data)
 
     def _steps(self, state: Any, hp: Any, data: dict, length: int) -> tuple[Any, dict]:
         return self.sim.steps(state, hp, data, length)
@@ -142,7 +149,7 @@ class Driver:
         keeps the default level, whose fused arithmetic it runs hundreds of times.
         """
         clock = _Clock()
-        sim, layout = self.sim, self.sim.layout
+        layout = self.sim.layout
         if lengths is None:
             lengths = {s.length for s in self.segments()}
         state = self.abstract_state(key)  # the later programs receive it laid out like this
@@ -154,7 +161,7 @@ class Driver:
             fn = self._vmapped(functools.partial(self._steps, length=length), (0, 0, None))
             step = jax.jit(fn, donate_argnums=0, **kw).lower(state, hp, data)
             lowered[f"steps[{length}]"] = step
-        evaluate = jax.jit(self._vmapped(sim.evaluate, (0, None))).lower(state, data)
+        evaluate = jax.jit(self._vmapped(self._evaluate, (0, None))).lower(state, data)
         lowered["evaluate"] = evaluate
         options = {name: None if name.startswith("steps") else once for name in lowered}
         compiled, times = _compile_all(lowered, options)
@@ -177,7 +184,10 @@ class Driver:
         for segment in self.segments(start):
             state, study = programs.steps[segment.length](state, hp, data)
             accuracy = programs.evaluate(state, data) if segment.evaluate else None
-            yield Result(segment, study, accuracy, state)
+            nodes = None
+            if accuracy is not None and self.sim.several_models:
+                accuracy, nodes = accuracy
+            yield Result(segment, study, accuracy, state, nodes)
 
 
 # XLA CPU options of the programs run once per run or per segment (see Driver.compile)

@@ -53,7 +53,7 @@ from jaxbyz import transforms
 from jaxbyz.attacks.statistics import masked_mean_std
 from jaxbyz.config import HyperParams
 from jaxbyz.rows import row_mean
-from jaxbyz.simulator import Data, Simulation, Stages, State, Submissions
+from jaxbyz.simulator import Data, Simulation, Stages, State, Submissions, moment_row
 
 Array = jax.Array
 
@@ -279,17 +279,9 @@ class FederatedSimulation(Simulation):
         """The moment family's row ``mu + a sigma + b mu`` on the honest rows of ``sent``
         (``honest`` ``[M]`` bool), ``a``, ``b`` from the attack (traced when the sweep traces
         the attack)."""
-        if self.traced.attack:
-            a, b = hp.structure["attack_std"], hp.structure["attack_mean"]
-        else:
-            params = self.attack.params
-            factor = hp.attack.get("factor", params["factor"])
-            signed = -factor if params.get("negative", False) else factor
-            a, b = (signed, 0.0) if self.attack.name == "little" else (0.0, -signed)
+        a, b = self._moment_coefficients(hp)
         mu, sigma = masked_mean_std(sent, honest)
-        a, b = jnp.asarray(a, mu.dtype), jnp.asarray(b, mu.dtype)
-        row = mu + jnp.where(a != 0, a * sigma, 0.0)
-        return row + jnp.where(b != 0, b * mu, 0.0)
+        return moment_row(mu, sigma, a, b)
 
 
 def sample_clients(key: Array, n: int, m: int) -> Array:

@@ -499,6 +499,17 @@ class Simulation:
             **hp.attack,
         )
 
+    def _moment_coefficients(self, hp: HyperParams) -> tuple[Any, Any]:
+        """``(a, b)`` of a moment-family attack ``mu + a sigma + b mu`` (:mod:`jaxbyz.structure`):
+        traced from ``hp.structure`` when the program traces the attack, else from the attack's
+        parameters (its ``factor`` possibly a traced override in ``hp.attack``)."""
+        if self.traced.attack:
+            return hp.structure["attack_std"], hp.structure["attack_mean"]
+        params = self.attack.params
+        factor = hp.attack.get("factor", params["factor"])
+        signed = -factor if params.get("negative", False) else factor
+        return (signed, 0.0) if self.attack.name == "little" else (0.0, -signed)
+
     # ------------------------------------------------------------------------------------------ #
     # Evaluation and runs
 
@@ -527,6 +538,13 @@ class Simulation:
             xs, ys = x[index].reshape(chunks, size, *x.shape[1:]), y[index]
         parts = jax.lax.map(correct, (xs, ys.reshape(chunks, size), valid))
         return jnp.sum(parts) / count
+
+    several_models = False  # a graph's nodes each hold a model (``evaluate_nodes``)
+
+    def evaluate_nodes(self, state: State, data: Data) -> Array | None:
+        """``[3]``: the min, mean and max accuracy over a run's several models (a graph's honest
+        nodes), or None for a run with one model."""
+        return None
 
     def _evaluation_shape(self, test_size: int) -> tuple[int, int, int]:
         """(examples evaluated, examples per forward pass, forward passes)."""
@@ -560,7 +578,17 @@ class Simulation:
         data = self.arrays if data is None else data
         state = self.init(key)
         evaluations = self.evaluation_steps()
-        accuracies = [] if evaluations[0] > 0 else [self.evaluate(state, data)[None]]
+        nodes = self.several_models
+
+        def evaluate(s):
+            accuracy = self.evaluate(s, data)
+            return (accuracy, self.evaluate_nodes(s, data)) if nodes else (accuracy, accuracy[None])
+
+        accuracies, node_accuracies = [], []
+        if evaluations[0] == 0:
+            accuracy, node_accuracy = evaluate(state)
+            accuracies.append(accuracy[None])
+            node_accuracies.append(node_accuracy[None])
         lengths = np.diff(evaluations) if evaluations[0] == 0 else evaluations
         lengths = [int(n) for n in lengths]
         studies = []
@@ -569,18 +597,24 @@ class Simulation:
 
             def body(s, _):
                 s, study = self.steps(s, hp, data, lengths[0])
-                return s, (study, self.evaluate(s, data))
+                return s, (study, evaluate(s))
 
-            state, (study, accs) = jax.lax.scan(body, state, None, length=full)
+            state, (study, (accs, node_accs)) = jax.lax.scan(body, state, None, length=full)
             accuracies.append(accs)
+            node_accuracies.append(node_accs)
             studies.append(jax.tree.map(lambda v: v.reshape(-1), study))
             lengths = lengths[full:]
         for length in lengths:
             state, study = self.steps(state, hp, data, length)
-            accuracies.append(self.evaluate(state, data)[None])
+            accuracy, node_accuracy = evaluate(state)
+            accuracies.append(accuracy[None])
+            node_accuracies.append(node_accuracy[None])
             studies.append(study)
         study = {k: jnp.concatenate([s[k] for s in studies]) for k in metrics_lib.NAMES}
-        return {"accuracy": jnp.concatenate(accuracies), "study": study, "theta": state.theta}
+        result = {"accuracy": jnp.concatenate(accuracies), "study": study, "theta": state.theta}
+        if nodes:  # [E, 3]: min, mean and max over a graph's honest nodes
+            result["node_accuracy"] = jnp.concatenate(node_accuracies)
+        return result
 
 
 def evaluation_steps(nb_steps: int, evaluation_delta: int) -> np.ndarray:
@@ -627,10 +661,16 @@ def moment_attack(honest: Array, f: int, structure: dict[str, Array]) -> Array:
     term is left out (not multiplied: ``0 x inf`` would be NaN), so ``little`` and ``empire``
     give their own rows exactly."""
     mu, sigma = mean_std(honest)
-    a, b = structure["attack_std"].astype(mu.dtype), structure["attack_mean"].astype(mu.dtype)
+    return broadcast_row(
+        moment_row(mu, sigma, structure["attack_std"], structure["attack_mean"]), f
+    )
+
+
+def moment_row(mu: Array, sigma: Array, a: Array | float, b: Array | float) -> Array:
+    """``mu + a sigma + b mu``, a zero coefficient's term left out (``0 x inf`` would be NaN)."""
+    a, b = jnp.asarray(a, mu.dtype), jnp.asarray(b, mu.dtype)
     row = mu + jnp.where(a != 0, a * sigma, 0.0)
-    row = row + jnp.where(b != 0, b * mu, 0.0)
-    return broadcast_row(row, f)
+    return row + jnp.where(b != 0, b * mu, 0.0)
 
 
 def make_simulation(

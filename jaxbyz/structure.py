@@ -96,7 +96,7 @@ def traceable(config: Config) -> Traced:
         return STATIC
     poisoning = attack.poison is not None and config.f_real > 0
     return Traced(
-        placement=not poisoning,
+        placement=not poisoning and config.topology is None,  # a graph's node update is static
         nesterov=True,
         attack=attack_moments(attack.name, attack.params) is not None,
     )

@@ -256,13 +256,17 @@ class ResultWriter:
 
     def __init__(self, directory: Path | None, config: Config, resume_at: int | None) -> None:
         self.directory = directory
+        self._nodes = config.topology is not None  # eval.csv has the node columns
         self.study_on = config.nb_for_study > 0
         if directory is None:
             return
         directory.mkdir(parents=True, exist_ok=True)
         if resume_at is None:
             _write_json(directory / "config.json", config.to_dict())
-        self._eval = _open_csv(directory / "eval.csv", ["step", "accuracy"], resume_at, True)
+        columns = ["step", "accuracy"]
+        if config.topology is not None:  # the honest nodes' own models
+            columns += ["node_min", "node_mean", "node_max"]
+        self._eval = _open_csv(directory / "eval.csv", columns, resume_at, True)
         self._study = (
             _open_csv(directory / "study.csv", ["step", *NAMES], resume_at, False)
             if self.study_on
@@ -271,9 +275,12 @@ class ResultWriter:
         self._eval_csv = csv.writer(self._eval)
         self._study_csv = csv.writer(self._study) if self._study else None
 
-    def evaluation(self, step: int, accuracy: float) -> None:
+    def evaluation(self, step: int, accuracy: float, nodes: Any = None) -> None:
+        """One evaluation; ``nodes``: the min, mean, max over a graph's nodes (step 0, where
+        every node holds the same model: the accuracy three times)."""
         if self.directory is not None:
-            self._eval_csv.writerow([step, f"{accuracy:.{ACCURACY_DIGITS}f}"])
+            row = [accuracy, *(nodes or [accuracy] * 3)] if self._nodes else [accuracy]
+            self._eval_csv.writerow([step, *(f"{a:.{ACCURACY_DIGITS}f}" for a in row)])
             self._eval.flush()
 
     def study(self, first_step: int, study: dict[str, np.ndarray]) -> None:
@@ -430,7 +437,10 @@ def run(
                 diverged_at = result.segment.start + bad
             if result.accuracy is not None:
                 accuracy = _as_written(to_host(result.accuracy))
-                writer.evaluation(step, accuracy)
+                nodes = None
+                if result.node_accuracy is not None:
+                    nodes = [_as_written(a) for a in to_host(result.node_accuracy)]
+                writer.evaluation(step, accuracy, nodes)
                 if diverged_at is None:
                     curve.append((step, accuracy))
                 bar.set_postfix(acc=f"{accuracy:.4f}", loss=f"{float(study['loss'][-1]):.3f}")

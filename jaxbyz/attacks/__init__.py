@@ -17,6 +17,7 @@ from typing import Any
 from jaxbyz.attacks import (  # noqa: F401  (each family module registers its attacks)
     anticge,
     bulyan,
+    dissensus,
     empire,
     fang,
     labelflip,
