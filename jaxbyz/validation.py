@@ -380,7 +380,7 @@ def check_config(config: Any) -> tuple[Any, Any]:
         )
     rows, f_decl = c.participants, c.round_f_decl
     try:
-        rule.check(rows, f_decl)
+        rule_admits(c, rule)
     except ValueError as err:
         flag_name = "--gars" if c.gars is not None else f"--gar {c.gar}"
         told = (
@@ -395,6 +395,21 @@ def check_config(config: Any) -> tuple[Any, Any]:
     if c.clients_per_round is not None and c.f_real > 0:
         _check_partial_attack(c, attack)
     return rule, attack
+
+
+def rule_admits(config: Any, rule: Any) -> None:
+    """Raise the rule's ValueError when it cannot run as ``config`` uses it: on ``n`` rows told
+    ``f`` (``rule.check(n, f)``), on the ``M`` clients of a round told ``--round-decl-byz``, or
+    on every honest neighbourhood of a graph told ``--nb-decl-byz`` (``--mixing rule``)."""
+    c = config
+    if c.topology is None:
+        rule.check(c.participants, c.round_f_decl)
+    elif c.mixing == "rule":
+        from jaxbyz.decentralized import build_network
+        from jaxbyz.topology import check_neighbourhoods
+
+        network = build_network(c)
+        check_neighbourhoods(network.graph, network.byzantine, rule.check, c.nb_decl_byz, c.gar)
 
 
 def _check_rounds(c: Any) -> None:

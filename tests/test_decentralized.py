@@ -33,7 +33,7 @@ def small(**changes) -> Config:
     return base.replace(**changes)
 
 
-@pytest.mark.parametrize("placement", ["worker", "update"])
+@pytest.mark.parametrize("placement", ["worker", pytest.param("update", marks=pytest.mark.slow)])
 def test_complete_graph_with_gossip_is_centralised_averaging(placement):
     """On the complete graph, Metropolis-Hastings gossip averages everything: every node holds
     the centralised model (the average rule, same batches), within float32 rounding."""
@@ -50,6 +50,7 @@ def test_complete_graph_with_gossip_is_centralised_averaging(placement):
     assert nodes.shape == (3, 3) and np.all(nodes[:, 0] <= nodes[:, 1] + 1e-6)
 
 
+@pytest.mark.slow
 def test_complete_graph_with_the_average_rule_is_gossip():
     """The average over each (whole) neighbourhood is the MH gossip of the complete graph."""
     gossip = jax.jit(make_train(small(topology="complete", mixing="gossip"), DATA))

@@ -56,13 +56,19 @@ def as_federated(sim: Simulation) -> FederatedSimulation:
     "changes",
     [
         {},  # little against the median, worker momentum
-        {
-            "momentum_at": "update",
-            "gar": "krum",
-            "attack": "empire",
-            "attack_args": {"factor": 1.1},
-        },
-        {"attack": "labelflip", "attack_args": {}, "momentum_at": "server"},
+        pytest.param(
+            {
+                "momentum_at": "update",
+                "gar": "krum",
+                "attack": "empire",
+                "attack_args": {"factor": 1.1},
+            },
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            {"attack": "labelflip", "attack_args": {}, "momentum_at": "server"},
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_one_local_step_is_the_synchronous_step(changes):
@@ -121,7 +127,7 @@ def numpy_rounds(W, b, X, Y, rounds, K, lr, beta, keep):
     return W, b
 
 
-@pytest.mark.parametrize(("K", "keep"), [(3, True), (5, False)])
+@pytest.mark.parametrize(("K", "keep"), [(3, True), pytest.param(5, False, marks=pytest.mark.slow)])
 def test_local_steps_match_numpy_linear_model(K, keep):
     dataset = one_per_class()
     config = small(

@@ -165,7 +165,7 @@ def test_robust_aggregate_refuses_rows_without_a_worker_axis():
         ({"server_optimizer": "nope"}, "'nope' is not an optax optimiser"),
         ({"clip_mode": "soft"}, "--clip-mode 'soft' is unknown"),
         ({"momentum_at": "nowhere"}, "--momentum-at 'nowhere' is unknown"),
-        ({"nb_local_steps": 2}, "--nb-local-steps 2 cannot be honoured"),
+        ({"nb_local_steps": 0}, "--nb-local-steps must be a positive integer, got 0"),
         ({"batch_size_test": 0}, "--batch-size-test must be a positive integer, got 0"),
     ],
 )

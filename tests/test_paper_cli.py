@@ -115,7 +115,7 @@ def test_paper_dataset_name_and_a_flag_without_meaning(capsys):
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        (["--nb-local-steps", "4"], "--nb-local-steps 4 cannot be honoured"),
+        (["--nb-local-steps", "0"], "--nb-local-steps must be a positive integer, got 0"),
         (["--device", "cuda:3"], "--device 'cuda:3' cannot be honoured"),
         (["--loss", "mse"], "--loss mse"),
         (["--criterion", "sigmoid"], "--criterion sigmoid"),

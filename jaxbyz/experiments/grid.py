@@ -99,7 +99,7 @@ from jaxbyz.config import (
     identity_dict,
     parse_keyval,
 )
-from jaxbyz.validation import type_ok
+from jaxbyz.validation import rule_admits, type_ok
 
 try:
     import tomllib
@@ -146,8 +146,14 @@ def config_id(config: Config) -> str:
 
 
 def baseline_config(config: Config) -> Config:
-    """The unattacked reference of ``config``: its ``n - f`` honest workers, average, no attack."""
+    """The unattacked reference of ``config``: its ``n - f`` honest workers, average, no attack
+    (with partial participation, ``min(M, n - f)`` of them each round)."""
+    participants = config.clients_per_round
+    if participants is not None and participants >= config.nb_honests:
+        participants = None
     return config.replace(
+        clients_per_round=participants,
+        round_decl_byz=None,
         nb_workers=config.nb_honests,
         nb_decl_byz=0,
         nb_real_byz=None,
@@ -181,15 +187,28 @@ class Run:
 
     @property
     def name(self) -> str:
-        """A readable name in the paper's style (``fashion-mnist-little-krum-f_12-lr_0.5-...``)."""
+        """A readable name in the paper's style (``fashion-mnist-little-krum-f_12-lr_0.5-...``),
+        with the federated or graph setting where there is one (``-K_5-M_17``,
+        ``-torus:4x4-gossip-byz_2``)."""
         c = self.config
         tail = f"lr_{c.learning_rate}" + ("-nesterov" if c.momentum_nesterov else "")
+        tail += setting_tag(c)
         if self.role == "baseline":
             return f"{c.dataset}-average-n_{c.nb_workers}-{tail}-s{c.seed}"
         return (
             f"{c.dataset}-{c.attack}-{c.gar}-n_{c.nb_workers}-f_{c.nb_decl_byz}-{tail}"
             f"-at_{c.momentum_at}-s{c.seed}"
         )
+
+
+def setting_tag(config: Config) -> str:
+    """``-K_5-M_17`` for federated rounds, ``-torus:4x4-gossip-byz_2`` on a graph, else ``""``."""
+    c = config
+    tag = f"-K_{c.nb_local_steps}" if c.nb_local_steps != 1 else ""
+    tag += f"-M_{c.clients_per_round}" if c.clients_per_round is not None else ""
+    if c.topology is not None:
+        tag += f"-{c.topology}-{c.mixing}-byz_{c.f_real}"
+    return tag
 
 
 def program_key(config: Config, trace_structure: bool = True) -> str:
@@ -214,7 +233,9 @@ def program_key(config: Config, trace_structure: bool = True) -> str:
         if name in GATED:
             payload[f"{name}_on"] = bool(getattr(config, name))
     if not (
-        partition_uses_seed(config.partition, config.dirichlet_alpha) or _reads_root_set(config)
+        partition_uses_seed(config.partition, config.dirichlet_alpha)
+        or _reads_root_set(config)
+        or config.topology is not None  # the seed draws the Byzantine nodes (and the graph)
     ):
         payload.pop("seed")
     if "attack_args" in payload:
@@ -270,6 +291,7 @@ class Program:
         tail = {frozenset({True}): " nesterov", frozenset({False}): ""}.get(
             frozenset(nesterov), " nesterov|plain"
         )
+        tail += setting_tag(c).replace("-", " ")
         if self.runs[0].role == "baseline":
             return f"{c.dataset} average n={c.nb_workers}{tail}"
         return (
@@ -349,8 +371,12 @@ GROUPS: tuple[tuple[str, ...], ...] = (
     ("criterion", "criterion_args"),
     ("learning_rate", "learning_rate_schedule"),
     ("server_optimizer", "server_optimizer_args"),
-    ("nb_workers", "nb_decl_byz", "nb_real_byz", "attack", "attack_args"),
-)
+    (
+        "nb_workers", "nb_decl_byz", "nb_real_byz", "attack", "attack_args", "clients_per_round",
+        "round_decl_byz", "nb_local_steps", "topology", "mixing", "mixing_args", "momentum_at",
+        "momentum_nesterov",
+    ),
+)  # fmt: skip
 RULE_FIELDS = ("gar", "gar_args", "gars")
 _KINDS = {
     int: "an integer",
@@ -1182,7 +1208,7 @@ def _admits(config: Config, rules: Mapping[str, Any]) -> str | None:
     """Why the grid's (built) rule does not admit ``(n, f)``, or None when it does."""
     rule = rules[_rule_key(config)]
     try:
-        rule.check(config.nb_workers, config.nb_decl_byz)
+        rule_admits(config, rule)
     except ValueError as err:
         return f"{config.gar if config.gars is None else 'gars ' + config.gars}: {err}"
     return None
@@ -1201,7 +1227,7 @@ def inadmissible(config: Config) -> str | None:
         rule = None
     if rule is not None:
         try:
-            rule.check(config.nb_workers, config.nb_decl_byz)
+            rule_admits(config, rule)
         except ValueError as err:
             return f"{config.gar if config.gars is None else 'gars ' + config.gars}: {err}"
         return None

@@ -40,8 +40,33 @@ HEADLINE_TEXT = (
     "pair and gain > 0.2 in more than 60% of them."
 )
 SETTING = ("dataset", "nb_workers", "nb_decl_byz", "learning_rate", "momentum_nesterov")
-PAIR_COLUMNS = (*SETTING, "gar", "attack", "seed")
+# the federated and graph fields: part of a setting where they vary within the table
+EXTRA_SETTING = ("nb_local_steps", "clients_per_round", "topology", "mixing", "nb_real_byz")
+PAIR_COLUMNS = (*SETTING, *EXTRA_SETTING, "gar", "attack", "seed")
 PLACEMENTS = ("update", "worker")
+# per-run figures of federated and graph runs (jaxbyz.experiments.runner.run_extras)
+EXTRA_FIGURES = (
+    "byzantine_participants_mean",
+    "consensus_final",
+    "node_accuracy_min",
+    "node_accuracy_mean",
+    "node_accuracy_max",
+)
+
+
+def setting_keys(table: pd.DataFrame) -> list[str]:
+    """The columns that make a setting: :data:`SETTING`, and those of :data:`EXTRA_SETTING`
+    that vary within ``table`` (a synchronous grid's tables keep the paper's columns)."""
+    extra = [c for c in EXTRA_SETTING if c in table and table[c].nunique(dropna=False) > 1]
+    return [c for c in SETTING if c in table] + extra
+
+
+def with_settings(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with the missing values of :data:`EXTRA_SETTING` written out (``all`` clients
+    per round, no topology: ``-``), so that grouping keeps those runs."""
+    fills = {"clients_per_round": "all", "topology": "-"}
+    present = {c: v for c, v in fills.items() if c in table}
+    return table.fillna(present) if present else table
 
 
 # ---------------------------------------------------------------------------------------------- #
@@ -53,12 +78,13 @@ def placement_pairs(table: pd.DataFrame) -> pd.DataFrame:
 
     Pairs where a run or the baseline is missing or has no accuracy (failed) are left out.
     """
+    table = with_settings(table)
     attacked = table[table["role"] == "attacked"]
     runs = {p: attacked[attacked["momentum_at"] == p].set_index("pair_id") for p in PLACEMENTS}
     common = runs["update"].index.intersection(runs["worker"].index)
     update, worker = runs["update"].loc[common], runs["worker"].loc[common]
     baselines = table[table["role"] == "baseline"].set_index("run_id")["best_accuracy"]
-    keep = [c for c in PAIR_COLUMNS if c in table.columns]
+    keep = [*setting_keys(table), *(c for c in ("gar", "attack", "seed") if c in table)]
     pairs = update[keep].copy()
     pairs["ref"] = baselines.reindex(update["baseline_id"]).to_numpy(dtype=float)
     pairs["acc_update"] = update["best_accuracy"].to_numpy(dtype=float)
@@ -99,6 +125,10 @@ def subsets(pairs: pd.DataFrame) -> Iterable[tuple[str, pd.DataFrame]]:
         ("nb_decl_byz", "f = {}"),
         ("learning_rate", "lr = {}"),
         ("momentum_nesterov", "nesterov = {}"),
+        ("nb_local_steps", "K = {} local steps"),
+        ("clients_per_round", "{} clients per round"),
+        ("topology", "topology {}"),
+        ("mixing", "mixing {}"),
         ("attack", "attack {}"),
         ("gar", "rule {}"),
     ):
@@ -151,11 +181,12 @@ def _pct(part: int, whole: int) -> str:
 
 def placement_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Worker vs update momentum per setting, rule and attack: mean and spread over seeds."""
+    table = with_settings(table)
     attacked = table[(table["role"] == "attacked") & table["momentum_at"].isin(PLACEMENTS)]
     if attacked.empty:
         return pd.DataFrame()
     baselines = table[table["role"] == "baseline"].set_index("run_id")["best_accuracy"]
-    keys = [c for c in (*SETTING, "gar", "attack") if c in table.columns]
+    keys = [*setting_keys(table), *(c for c in ("gar", "attack") if c in table.columns)]
     rows = []
     for values, group in attacked.groupby(keys, sort=True):
         row = dict(zip(keys, values, strict=True))
@@ -170,6 +201,20 @@ def placement_summary(table: pd.DataFrame) -> pd.DataFrame:
         row["seeds"] = int(group["seed"].nunique()) if "seed" in group else len(group)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def extras_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Federated and graph runs: per setting, rule, attack and placement, the mean over seeds
+    of the best accuracy and of :data:`EXTRA_FIGURES` (empty for a synchronous grid)."""
+    figures = [c for c in EXTRA_FIGURES if c in table and table[c].notna().any()]
+    if not figures or table.empty:
+        return pd.DataFrame()
+    table = with_settings(table)
+    attacked = table[table["role"] == "attacked"]
+    keys = [*setting_keys(table), "gar", "attack", "momentum_at"]
+    keys = [k for k in dict.fromkeys(keys) if k in attacked]
+    out = attacked.groupby(keys, sort=True)[["best_accuracy", *figures]].mean()
+    return out.reset_index().round(4)
 
 
 def ratio_summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -255,6 +300,17 @@ def write_report(
         "",
         markdown_table(placement_summary(table)),
     ]
+    extras = extras_summary(table)
+    if not extras.empty:
+        lines += ["## Federated rounds and graphs", ""]
+        lines += [
+            "Mean over seeds: best top-1 accuracy (a graph: of the honest nodes' average model), "
+            "Byzantine clients per round (partial participation), final consensus distance "
+            "mean_i ||x_i - mean x||^2 and the final accuracy of the worst, mean and best honest "
+            "node (graphs).",
+            "",
+            markdown_table(extras),
+        ]
     lines += ["## Variance-norm ratio and the rules' bounds", ""]
     lines += [
         "Mean over steps and runs of the variance-norm ratio of the honest submissions (momenta "
@@ -324,6 +380,7 @@ def make_plots(table: pd.DataFrame, curves: pd.DataFrame, folder: Path) -> list[
     import matplotlib
 
     matplotlib.use("Agg")
+    table = with_settings(table)
     attacked = table[table["role"] == "attacked"]
     if attacked.empty or curves.empty:
         return []
@@ -331,10 +388,11 @@ def make_plots(table: pd.DataFrame, curves: pd.DataFrame, folder: Path) -> list[
     by_run = {k: g.sort_values("step") for k, g in curves.groupby("run_id")}
     baselines = table[table["role"] == "baseline"]
     paths = []
-    for values, group in attacked.groupby(list(SETTING), sort=True):
+    keys = setting_keys(table)
+    for values, group in attacked.groupby(keys, sort=True):
         if not group["run_id"].isin(list(by_run)).any():
             continue  # every run of this setting failed: nothing to draw
-        stem = _setting_stem(dict(zip(SETTING, values, strict=True)))
+        stem = _setting_stem(dict(zip(keys, values, strict=True)))
         refs = baselines[baselines["run_id"].isin(group["baseline_id"])]
         paths.append(_figure(group, refs, by_run, "accuracy", folder / f"accuracy-{stem}.png"))
         paths.append(_figure(group, refs, by_run, "ratio", folder / f"ratio-{stem}.png"))
@@ -346,7 +404,13 @@ def _setting_stem(setting: dict[str, Any]) -> str:
         f"{setting['dataset']}-n_{setting['nb_workers']}-f_{setting['nb_decl_byz']}"
         f"-lr_{setting['learning_rate']:g}"
     )
-    return stem + ("-nesterov" if setting["momentum_nesterov"] else "")
+    stem += "-nesterov" if setting["momentum_nesterov"] else ""
+    short = {"nb_local_steps": "K", "clients_per_round": "M", "nb_real_byz": "byz"}
+    for name in EXTRA_SETTING:
+        if name in setting:
+            value = str(setting[name]).replace(":", "").replace("/", "")
+            stem += f"-{short[name]}_{value}" if name in short else f"-{value}"
+    return stem
 
 
 def _mean_curve(run_ids: Iterable[str], by_run: dict, column: str):

@@ -87,21 +87,32 @@ def dispatch(driver: Driver, programs: Programs, data: dict, keys: jax.Array, hp
     as device arrays (reading them waits for the runs)."""
     state, accuracy = programs.start(keys, data)
     accuracies = [accuracy[:, None]] if driver.sim.evaluation_steps()[0] == 0 else []
-    studies = []
+    studies, nodes = [], []
     for result in driver.run(programs, state, hp, data):
         study, state = result.study, result.state
         studies.append({k: study[k] for k in KEPT_METRICS})
         if result.accuracy is not None:
             accuracies.append(result.accuracy[:, None])
+        if result.node_accuracy is not None:
+            nodes.append(result.node_accuracy)
     return {
         "accuracy": accuracies,
         "studies": studies,
         "theta_finite": _rows_finite(state.theta),
+        "node_accuracy": nodes[-1:],  # [B, 3] at the last evaluation (a graph's nodes)
     }
 
 
-KEPT_METRICS = ("loss", "variance_norm_ratio", "sampled_deviation", "sampled_norm")
-_rows_finite = jax.jit(lambda theta: jnp.all(jnp.isfinite(theta), axis=-1))
+KEPT_METRICS = (
+    "loss",
+    "variance_norm_ratio",
+    "sampled_deviation",
+    "sampled_norm",
+    "byzantine_participants",
+    "consensus_distance",
+)
+# per run: whether every parameter is finite (a graph's runs hold one model per node)
+_rows_finite = jax.jit(lambda theta: jnp.all(jnp.isfinite(theta.reshape(theta.shape[0], -1)), 1))
 
 
 # ---------------------------------------------------------------------------------------------- #
@@ -421,6 +432,7 @@ class Sweep:
                     segment_means(out["ratio"][i], batch.steps),
                     segment_means(out["sampled_ratio"][i], batch.steps),
                 )
+                result.update(out["extras"][i])
             result.update(wall_s=wall / len(batch.runs), runs_in_batch=len(batch.runs))
             result["device"] = str(batch.device)
             results.append({**config_row(run), **result})
@@ -453,4 +465,25 @@ def outputs(fetched: dict[str, Any]) -> dict[str, np.ndarray]:
         "ratio": study["variance_norm_ratio"],
         "sampled_ratio": study["sampled_deviation"] / study["sampled_norm"],
         "theta_finite": fetched["theta_finite"],
+        "extras": run_extras(study, fetched.get("node_accuracy", [])),
     }
+
+
+def run_extras(study: dict[str, np.ndarray], nodes: list[np.ndarray]) -> list[dict[str, float]]:
+    """Per run, the figures of federated and graph runs for the run table: the mean number of
+    Byzantine participants per round, the final and largest consensus distance, and the final
+    min/mean/max accuracy over a graph's honest nodes (empty for a synchronous run)."""
+    participants, consensus = study["byzantine_participants"], study["consensus_distance"]
+    rows = []
+    for i in range(participants.shape[0]):
+        row: dict[str, float] = {}
+        if np.any(consensus[i] != 0):
+            row["consensus_final"] = float(consensus[i, -1])
+            row["consensus_max"] = float(np.max(consensus[i]))
+        if np.ptp(participants[i]) > 0:  # partial participation
+            row["byzantine_participants_mean"] = float(np.mean(participants[i]))
+        if nodes:
+            low, mean, high = (float(v) for v in np.asarray(nodes[-1])[i])
+            row.update(node_accuracy_min=low, node_accuracy_mean=mean, node_accuracy_max=high)
+        rows.append(row)
+    return rows
