@@ -164,7 +164,7 @@ class FederatedSimulation(Simulation):
         byzantine = clients >= self.honest
         start = jax.tree.map(lambda leaf: leaf[clients], state.worker_state)
         start = self._start_state(stages, state.theta, m, start)
-        sampled, loss, sent, worker_state = self._client_updates(
+        sampled, loss, sent, worker_state, model_updates = self._client_updates(
             state, stages, hp, data, k_grad, clients, byzantine, start
         )
         received = sent
@@ -198,6 +198,7 @@ class FederatedSimulation(Simulation):
         )
         new_state = state.replace(
             theta=optax.apply_updates(state.theta, update),
+            model_state={**state.model_state, **model_updates},
             worker_state=scattered,
             aggregator_state=aggregator_state,
             server_state=server_state,
@@ -217,9 +218,10 @@ class FederatedSimulation(Simulation):
         clients: Array,
         byzantine: Array,
         worker_state: Any,
-    ) -> tuple[Array, Array, Array, Any]:
+    ) -> tuple[Array, Array, Array, Any, Any]:
         """The ``K`` local steps of the sampled clients: (first-step gradients ``[M, d]``, their
-        mean loss, the sent model changes ``Σ_k d_k`` ``[M, d]``, the new worker states)."""
+        mean loss, the sent model changes ``Σ_k d_k`` ``[M, d]``, the new worker states, the
+        model-state updates)."""
         m = self.config.participants
         lr = stages.schedule(state.step)
         previous = {"previous_aggregate": state.aggregator_state.previous}
@@ -230,7 +232,7 @@ class FederatedSimulation(Simulation):
         def local(carry, local_key):
             points, total, worker_state = carry
             x, y, drop = self._client_batches(local_key, clients, byzantine, data)
-            grads, (losses_, _) = grad_fn(points, state.model_state, x, y, drop, hp)
+            grads, (losses_, updates) = grad_fn(points, state.model_state, x, y, drop, hp)
             grads, _ = clip.update(grads, clip.init(state.theta))
             direction, worker_state = stages.composition.worker.update(
                 grads, worker_state, state.theta, **previous
@@ -238,14 +240,16 @@ class FederatedSimulation(Simulation):
             if raw:  # poisoning attackers that send raw gradients (attack momentum:False)
                 direction = jnp.where(byzantine[:, None], grads, direction)
             carry = (points - lr * direction, total + direction, worker_state)
-            return carry, (grads, losses_)
+            return carry, (grads, losses_, updates)
 
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(self.local_steps))
         points = jnp.broadcast_to(state.theta, (m, self.dim))
         carry = (points, jnp.zeros((m, self.dim), state.theta.dtype), worker_state)
-        (_, total, worker_state), (grads, losses_) = jax.lax.scan(local, carry, keys)
+        (_, total, worker_state), (grads, losses_, updates) = jax.lax.scan(local, carry, keys)
         chex.assert_shape(total, (m, self.dim))
-        return grads[0], row_mean(losses_[0][:, None])[0], total, worker_state
+        # BatchNorm statistics: the sampled clients' mean at their last local step
+        updates = jax.tree.map(lambda u: jnp.mean(u[-1], axis=0), updates)
+        return grads[0], row_mean(losses_[0][:, None])[0], total, worker_state, updates
 
     def _client_batches(
         self, key: Array, clients: Array, byzantine: Array, data: Data

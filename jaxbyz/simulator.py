@@ -688,6 +688,13 @@ def make_simulation(
     """
     _check_traced(config, traced)
     rule, attack = check_config(config)
+    if mesh is not None and (
+        config.topology is not None or config.participants < config.nb_workers
+    ):
+        raise ValueError(
+            "--shard-workers with --topology or --clients-per-round: the worker axis is split "
+            "over devices only for synchronous rounds of every worker; fix: drop --shard-workers"
+        )
     layout = Layout(mesh)
     if dataset is None:
         dataset = data_lib.load_dataset(config.dataset, config.data_dir)

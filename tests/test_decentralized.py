@@ -123,3 +123,10 @@ def test_bad_graph_input(changes, match):
     with pytest.raises(ValueError, match=match) as info:
         check_config(small(**changes))
     assert "\n" not in str(info.value)
+
+
+def test_graphs_are_not_split_over_devices():
+    from jaxbyz.sharding import worker_mesh
+
+    with pytest.raises(ValueError, match="--shard-workers with --topology"):
+        make_simulation(small(topology="ring"), DATA, mesh=worker_mesh())
