@@ -130,3 +130,24 @@ def test_graphs_are_not_split_over_devices():
 
     with pytest.raises(ValueError, match="--shard-workers with --topology"):
         make_simulation(small(topology="ring"), DATA, mesh=worker_mesh())
+
+
+def test_command_line_writes_node_accuracies(tmp_path):
+    """``python -m jaxbyz.train --topology ...``: eval.csv has the honest nodes' min, mean and
+    max beside the average model's accuracy; study.csv has the consensus distance."""
+    import csv
+
+    from jaxbyz import train
+
+    line = ["--dataset", "synthetic", "--model", "logreg", "--nb-workers", "6"]
+    line += ["--nb-decl-byz", "1", "--nb-real-byz", "1", "--gar", "median", "--attack", "little"]
+    line += ["--attack-args", "factor:1.5", "--topology", "ring", "--nb-steps", "4"]
+    line += ["--evaluation-delta", "2", "--nb-for-study", "1", "--cache-dir", "none"]
+    assert train.main([*line, "--result-directory", str(tmp_path)]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "eval.csv")))
+    assert [r["step"] for r in rows] == ["0", "2", "4"]
+    for r in rows:
+        low, mean, high = float(r["node_min"]), float(r["node_mean"]), float(r["node_max"])
+        assert 0 <= low <= mean <= high <= 1
+    study = list(csv.DictReader(open(tmp_path / "study.csv")))
+    assert len(study) == 4 and float(study[-1]["consensus_distance"]) > 0
