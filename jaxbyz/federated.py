@@ -167,10 +167,13 @@ class FederatedSimulation(Simulation):
         sampled, loss, sent, worker_state, model_updates = self._client_updates(
             state, stages, hp, data, k_grad, clients, byzantine, start
         )
-        received = sent
+        # the study's attack row: the moment attack's, or a poisoned client's (if one took part)
+        received, attack_rows = sent, sent[:0]
         if self.byzantine and not self.poisoning:
             row = self._masked_attack(sent, ~byzantine, hp)
-            received = jnp.where(byzantine[:, None], row, sent)
+            received, attack_rows = jnp.where(byzantine[:, None], row, sent), row[None]
+        elif self.poisoning:
+            attack_rows = sent[jnp.argmax(byzantine)][None]
         aggregate, aggregator_state = stages.aggregator.update(
             received, state.aggregator_state, key=k_rule, reference=reference
         )
@@ -178,7 +181,6 @@ class FederatedSimulation(Simulation):
         update, server_state = stages.composition.server.update(
             aggregate, state.server_state, state.theta
         )
-        attack_rows = received[jnp.argmax(byzantine)][None] if self.byzantine else sent[:0]
         study, past = metrics_lib.study(
             sampled=sampled,
             honest=sent,
