@@ -21,6 +21,11 @@ runs the whole run (evaluations included) as one program, so that ``jax.vmap(tra
 several seeds at once. The numbers of :class:`jaxbyz.config.HyperParams` are traced; everything
 else is static. Given a device mesh, the worker axis is split over its devices
 (:mod:`jaxbyz.sharding`). :mod:`jaxbyz.driver` runs the same functions segment by segment.
+
+Two settings change the step and reuse its parts: federated rounds (local steps, partial
+participation: :class:`jaxbyz.federated.FederatedSimulation`) and learning on a graph without a
+server (:class:`jaxbyz.decentralized.DecentralizedSimulation`); :func:`simulation_class` picks the
+one a configuration runs.
 """
 
 from __future__ import annotations
