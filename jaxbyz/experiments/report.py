@@ -64,9 +64,14 @@ def setting_keys(table: pd.DataFrame) -> list[str]:
 def with_settings(table: pd.DataFrame) -> pd.DataFrame:
     """``table`` with the missing values of :data:`EXTRA_SETTING` written out (``all`` clients
     per round, no topology: ``-``), so that grouping keeps those runs."""
-    fills = {"clients_per_round": "all", "topology": "-"}
-    present = {c: v for c, v in fills.items() if c in table}
-    return table.fillna(present) if present else table
+    table = table.copy()
+    if "clients_per_round" in table:
+        table["clients_per_round"] = [
+            "all" if pd.isna(v) else str(int(v)) for v in table["clients_per_round"]
+        ]
+    if "topology" in table:
+        table["topology"] = table["topology"].fillna("-")
+    return table
 
 
 # ---------------------------------------------------------------------------------------------- #
