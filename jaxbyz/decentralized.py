@@ -180,46 +180,82 @@ class DecentralizedSimulation(Simulation):
 
     def _communicate(self, half: Array, hp: HyperParams, key: Array) -> tuple[Array, Array]:
         """Each honest node's combination of its neighbourhood ``[m, d]``, and the rows its
-        Byzantine neighbours sent it (``[m, d]``; ``[0, d]`` without Byzantine nodes)."""
-        net, c = self.network, self.config
-        received = gossip.gather(half, net.row_of[net.table])
-        attack_rows = half[:0]
-        if self.byzantine:
-            attack_rows = self._attack(received, half, hp)
-            byzantine = jnp.asarray(net.byzantine_slots)[..., None]
-            received = jnp.where(byzantine, attack_rows[:, None, :], received)
-        if c.mixing == "gossip":
-            return gossip.mix(received, net.weights), attack_rows
-        if c.mixing == "clipped-gossip":
-            return gossip.clipped_gossip(received, net.weights, half, self._tau(received, half)), (
-                attack_rows
-            )
-        rule_key = key if self.rule.needs_key else None
-        combined = gossip.apply_rule(
-            self.rule, received, net.mask, c.nb_decl_byz, rule_key, prev=half
-        )
-        return combined, attack_rows
+        Byzantine neighbours sent it (``[m, d]``; ``[0, d]`` without Byzantine nodes).
 
-    def _attack(self, received: Array, half: Array, hp: HyperParams) -> Array:
-        """What the Byzantine neighbours of each honest node send it ``[m, d]``."""
+        Gossip and ClippedGossip read the neighbourhoods in chunks of :meth:`chunk` recipients
+        (``lax.map``): on a CPU one recipient at a time keeps its ``[K, d]`` rows in cache
+        instead of writing the whole ``[m, K, d]`` tensor (a 1,024-node torus: 1.6 GB), 5 to
+        10 times faster; elsewhere one chunk, the plain vectorised form. So does a
+        deterministic rule when every neighbourhood has the same size; otherwise the rule path
+        gathers every neighbourhood (the rule reads them grouped by size, one key each)."""
+        net, c = self.network, self.config
+        sizes = np.unique(net.mask.sum(axis=1))
+        if c.mixing == "rule" and (self.rule.needs_key or len(sizes) > 1):
+            received, attack_rows = self._received(half, hp, jnp.arange(self.honest))
+            rule_key = key if self.rule.needs_key else None
+            combined = gossip.apply_rule(
+                self.rule, received, net.mask, c.nb_decl_byz, rule_key, prev=half
+            )
+            return combined, attack_rows
+
+        def combine(rows: Array) -> tuple[Array, Array]:
+            received, attack_rows = self._received(half, hp, rows)
+            weights, own = jnp.asarray(net.weights)[rows], half[rows]
+            if c.mixing == "gossip":
+                return gossip.mix(received, weights), attack_rows
+            if c.mixing == "rule":  # one neighbourhood size, a deterministic rule
+                full = np.ones(received.shape[:2], bool)
+                rule = gossip.apply_rule(self.rule, received, full, c.nb_decl_byz, None, prev=own)
+                return rule, attack_rows
+            tau = self._tau(received, own, rows)
+            return gossip.clipped_gossip(received, weights, own, tau), attack_rows
+
+        size = self.chunk
+        chunks = jnp.arange(self.honest).reshape(-1, size)
+        combined, attack_rows = jax.lax.map(combine, chunks)
+        return combined.reshape(self.honest, -1), attack_rows.reshape(-1, self.dim)
+
+    @property
+    def chunk(self) -> int:
+        """Recipients per chunk of the gossip step: 1 on a CPU, all of them elsewhere."""
+        return 1 if jax.default_backend() == "cpu" else self.honest
+
+    def _received(self, half: Array, hp: HyperParams, rows: Array) -> tuple[Array, Array]:
+        """What the recipients ``rows`` receive ``[r, K, d]``, Byzantine slots included, and the
+        row their Byzantine neighbours send each of them ``[r, d]`` (``[0, d]`` without)."""
         net = self.network
+        received = gossip.gather(half, jnp.asarray(net.row_of[net.table])[rows])
+        if not self.byzantine:
+            return received, half[:0]
+        attack_rows = self._attack(received, half[rows], hp, rows)
+        byzantine = jnp.asarray(net.byzantine_slots)[rows][..., None]
+        return jnp.where(byzantine, attack_rows[:, None, :], received), attack_rows
+
+    def _attack(self, received: Array, own: Array, hp: HyperParams, rows: Array) -> Array:
+        """What the Byzantine neighbours of the recipients ``rows`` send each ``[r, d]``."""
+        net = self.network
+        honest = jnp.asarray(net.honest_slots)[rows]
         if self.attack.name == "dissensus":
             weights = net.uniform if self.config.mixing == "rule" else net.weights
             epsilon = hp.attack.get("epsilon", self.attack.params["epsilon"])
+            byzantine = jnp.asarray(net.byzantine_slots)[rows]
             return gossip.dissensus(
-                received, weights, half, net.honest_slots, net.byzantine_slots, epsilon
+                received, jnp.asarray(weights)[rows], own, honest, byzantine, epsilon
             )
-        mu, sigma = gossip.neighbourhood_moments(received, net.honest_slots)
+        mu, sigma = gossip.neighbourhood_moments(received, honest)
         a, b = self._moment_coefficients(hp)
         return moment_row(mu, sigma, a, b)
 
-    def _tau(self, received: Array, half: Array) -> Array:
+    def _tau(self, received: Array, own: Array, rows: Array) -> Array:
         """ClippedGossip's radius: ``--mixing-args tau:T``, else the adaptive one."""
         net = self.network
         if "tau" in self.config.mixing_args:
-            return jnp.asarray(self.config.mixing_args["tau"], half.dtype)
+            return jnp.asarray(self.config.mixing_args["tau"], own.dtype)
         byzantine_weight = np.sum(np.where(net.byzantine_slots, net.weights, 0.0), axis=1)
-        return gossip.adaptive_tau(received, net.weights, half, net.mask, byzantine_weight)
+        weights, mask = jnp.asarray(net.weights)[rows], jnp.asarray(net.mask)[rows]
+        return gossip.adaptive_tau(
+            received, weights, own, mask, jnp.asarray(byzantine_weight)[rows]
+        )
 
     def _node_update(
         self, state: State, stages: Any, combined: Array, lr: Array

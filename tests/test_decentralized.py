@@ -151,3 +151,25 @@ def test_command_line_writes_node_accuracies(tmp_path):
         assert 0 <= low <= mean <= high <= 1
     study = list(csv.DictReader(open(tmp_path / "study.csv")))
     assert len(study) == 4 and float(study[-1]["consensus_distance"]) > 0
+
+
+@pytest.mark.parametrize("mixing", ["gossip", "clipped-gossip", "rule"])
+def test_chunked_gossip_equals_the_vectorised_form(mixing):
+    """One recipient at a time (the CPU's chunks) or all at once: the same step."""
+    import dataclasses
+
+    class AllAtOnce(DecentralizedSimulation):
+        @property
+        def chunk(self) -> int:
+            return self.honest
+
+    config = small(
+        topology="torus:3x3", nb_workers=9, nb_real_byz=2, attack="dissensus", attack_args={},
+        mixing=mixing, nb_steps=3, gar="median", nb_decl_byz=1,
+    )  # fmt: skip
+    sim = make_simulation(config, DATA)
+    assert sim.chunk == 1  # on the CPU
+    whole = AllAtOnce(**{f.name: getattr(sim, f.name) for f in dataclasses.fields(sim)})
+    a = jax.jit(sim.run)(jax.random.key(0))
+    b = jax.jit(whole.run)(jax.random.key(0))
+    np.testing.assert_allclose(a["theta"], b["theta"], rtol=1e-5, atol=1e-6)
