@@ -185,12 +185,12 @@ class DecentralizedSimulation(Simulation):
         Gossip and ClippedGossip read the neighbourhoods in chunks of :meth:`chunk` recipients
         (``lax.map``): on a CPU one recipient at a time keeps its ``[K, d]`` rows in cache
         instead of writing the whole ``[m, K, d]`` tensor (a 1,024-node torus: 1.6 GB), 5 to
-        10 times faster; elsewhere one chunk, the plain vectorised form. So does a
-        deterministic rule when every neighbourhood has the same size; otherwise the rule path
-        gathers every neighbourhood (the rule reads them grouped by size, one key each)."""
+        10 times faster; elsewhere one chunk, the plain vectorised form. The rule path
+        gathers every neighbourhood (the rule reads them grouped by size, one key each): a
+        coordinate-wise rule over all neighbourhoods at once is faster than one at a time
+        (median on the 1,024-node torus: 2.6 s per step against 3.5 s chunked)."""
         net, c = self.network, self.config
-        sizes = np.unique(net.mask.sum(axis=1))
-        if c.mixing == "rule" and (self.rule.needs_key or len(sizes) > 1):
+        if c.mixing == "rule":
             received, attack_rows = self._received(half, hp, jnp.arange(self.honest))
             rule_key = key if self.rule.needs_key else None
             combined = gossip.apply_rule(
@@ -203,10 +203,6 @@ class DecentralizedSimulation(Simulation):
             weights, own = jnp.asarray(net.weights)[rows], half[rows]
             if c.mixing == "gossip":
                 return gossip.mix(received, weights), attack_rows
-            if c.mixing == "rule":  # one neighbourhood size, a deterministic rule
-                full = np.ones(received.shape[:2], bool)
-                rule = gossip.apply_rule(self.rule, received, full, c.nb_decl_byz, None, prev=own)
-                return rule, attack_rows
             tau = self._tau(received, own, rows)
             return gossip.clipped_gossip(received, weights, own, tau), attack_rows
 
