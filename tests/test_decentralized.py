@@ -77,6 +77,7 @@ def test_ring_separates_nodes_and_metrics_follow():
     assert low <= mean <= high
 
 
+@pytest.mark.slow
 def test_dissensus_breaks_gossip_but_not_clipped_gossip():
     config = small(
         topology="torus:3x3", nb_workers=9, nb_real_byz=2, attack="dissensus", attack_args={},
@@ -153,7 +154,9 @@ def test_command_line_writes_node_accuracies(tmp_path):
     assert len(study) == 4 and float(study[-1]["consensus_distance"]) > 0
 
 
-@pytest.mark.parametrize("mixing", ["gossip", "clipped-gossip"])
+@pytest.mark.parametrize(
+    "mixing", [pytest.param("gossip", marks=pytest.mark.slow), "clipped-gossip"]
+)
 def test_chunked_gossip_equals_the_vectorised_form(mixing):
     """One recipient at a time (the CPU's chunks) or all at once: the same step."""
     import dataclasses

@@ -70,7 +70,7 @@ def with_settings(table: pd.DataFrame) -> pd.DataFrame:
             "all" if pd.isna(v) else str(int(v)) for v in table["clients_per_round"]
         ]
     if "topology" in table:
-        table["topology"] = table["topology"].fillna("-")
+        table["topology"] = table["topology"].astype(object).where(table["topology"].notna(), "-")
     return table
 
 
