@@ -246,8 +246,13 @@ class Config:
 
     @property
     def federated(self) -> bool:
-        """Whether the run has federated rounds: local steps or partial participation."""
-        return self.nb_local_steps != 1 or self.clients_per_round not in (None, self.nb_workers)
+        """Whether the run has federated rounds: local steps, partial participation, or the
+        workers' state restarted at each round."""
+        return (
+            self.nb_local_steps != 1
+            or self.clients_per_round not in (None, self.nb_workers)
+            or self.local_state == "reset"
+        )
 
     @property
     def participants(self) -> int:

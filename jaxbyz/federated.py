@@ -90,11 +90,12 @@ class FederatedSimulation(Simulation):
         )
         return state.replace(worker_state=clients)
 
-    def _start_state(self, stages: Stages, theta: Array, rows: int, current: Any) -> Any:
-        """The worker-stage state a round starts from: kept, or fresh (``--local-state reset``)."""
-        if self.config.local_state == "keep":
+    def _start_state(self, stage: Any, theta: Array, rows: int, current: Any) -> Any:
+        """The state of a per-worker ``stage`` a round starts from for ``rows`` workers: kept, or
+        fresh (``--local-state reset``)."""
+        if self.config.local_state == "keep" or rows == 0:
             return current
-        fresh = stages.composition.worker.init(theta)
+        fresh = stage.init(theta)
         return jax.tree.map(lambda leaf: jnp.broadcast_to(leaf[0], (rows, *leaf.shape[1:])), fresh)
 
     # ------------------------------------------------------------------------------------------ #
@@ -111,9 +112,14 @@ class FederatedSimulation(Simulation):
     ) -> Submissions:
         """The first local step is the synchronous step's computation (so ``K = 1`` is that step
         exactly); the other ``K - 1`` run as a ``lax.scan`` from each row's own model."""
-        h = self.honest
+        h, poisoners = self.honest, self.grad_workers - self.sampled
         state = state.replace(
-            worker_state=self._start_state(stages, state.theta, h, state.worker_state)
+            worker_state=self._start_state(
+                stages.composition.worker, state.theta, h, state.worker_state
+            ),
+            poisoner_state=self._start_state(
+                stages.poisoner, state.theta, poisoners, state.poisoner_state
+            ),
         )
         first = super()._submissions(state, stages, hp, data, key)
         if self.local_steps == 1:
@@ -163,7 +169,7 @@ class FederatedSimulation(Simulation):
         clients = sample_clients(k_sample, c.nb_workers, m)
         byzantine = clients >= self.honest
         start = jax.tree.map(lambda leaf: leaf[clients], state.worker_state)
-        start = self._start_state(stages, state.theta, m, start)
+        start = self._start_state(stages.composition.worker, state.theta, m, start)
         sampled, loss, sent, worker_state, model_updates = self._client_updates(
             state, stages, hp, data, k_grad, clients, byzantine, start
         )

@@ -186,6 +186,16 @@ def test_fedavg_is_the_average_of_the_clients_models():
     assert not np.allclose(new.theta, state.theta)
 
 
+def test_restarted_state_is_no_momentum():
+    """``--local-state reset`` restarts every worker's momentum (data-poisoning attackers'
+    too) at each round: with one local step, worker momentum is then no momentum at all."""
+    flip = {"attack": "labelflip", "attack_args": {}, "momentum_at": "worker"}
+    reset = make_simulation(small(**flip, local_state="reset"), DATA)
+    assert isinstance(reset, FederatedSimulation)
+    plain = make_simulation(small(**flip, momentum=0.0), DATA)
+    np.testing.assert_array_equal(run_steps(reset, 3)[0].theta, run_steps(plain, 3)[0].theta)
+
+
 # ---------------------------------------------------------------------------------------------- #
 # Partial participation
 
