@@ -183,11 +183,15 @@ class Driver:
         result waits for it)."""
         for segment in self.segments(start):
             state, study = programs.steps[segment.length](state, hp, data)
-            accuracy = programs.evaluate(state, data) if segment.evaluate else None
-            nodes = None
-            if accuracy is not None and self.sim.several_models:
-                accuracy, nodes = accuracy
+            accuracy, nodes = None, None
+            if segment.evaluate:
+                accuracy, nodes = self.evaluation(programs, state, data)
             yield Result(segment, study, accuracy, state, nodes)
+
+    def evaluation(self, programs: Programs, state: Any, data: dict) -> tuple[Array, Any]:
+        """The accuracy of ``state``, and the min, mean, max over a graph's nodes (else None)."""
+        out = programs.evaluate(state, data)
+        return out if self.sim.several_models else (out, None)
 
 
 # XLA CPU options of the programs run once per run or per segment (see Driver.compile)

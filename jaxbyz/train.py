@@ -400,9 +400,11 @@ def run(
     programs = driver.compile(key, hp, data)
     if saved:
         state = restored
-        accuracy = programs.evaluate(state, data) if loaded and step in evaluated else None
+        accuracy, nodes = None, None
+        if loaded and step in evaluated:
+            accuracy, nodes = driver.evaluation(programs, state, data)
     else:
-        (state, accuracy), step = programs.start(key, data), 0
+        (state, accuracy), step, nodes = programs.start(key, data), 0, None
     compile_s = programs.compile_seconds
 
     resume_at = start.step if start.checkpoint else None
@@ -415,7 +417,8 @@ def run(
     if accuracy is not None:
         accuracy = _as_written(to_host(accuracy))
         if np.isfinite(accuracy):  # NaN: step 0 is not evaluated (--evaluation-delta 0)
-            writer.evaluation(step, accuracy)
+            nodes = None if nodes is None else [_as_written(a) for a in to_host(nodes)]
+            writer.evaluation(step, accuracy, nodes)
             curve.append((step, accuracy))
     status, first = "completed", step
     bar = tqdm(

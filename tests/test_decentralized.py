@@ -133,27 +133,6 @@ def test_graphs_are_not_split_over_devices():
         make_simulation(small(topology="ring"), DATA, mesh=worker_mesh())
 
 
-def test_command_line_writes_node_accuracies(tmp_path):
-    """``python -m jaxbyz.train --topology ...``: eval.csv has the honest nodes' min, mean and
-    max beside the average model's accuracy; study.csv has the consensus distance."""
-    import csv
-
-    from jaxbyz import train
-
-    line = ["--dataset", "synthetic", "--model", "logreg", "--nb-workers", "6"]
-    line += ["--nb-decl-byz", "1", "--nb-real-byz", "1", "--gar", "median", "--attack", "little"]
-    line += ["--attack-args", "factor:1.5", "--topology", "ring", "--nb-steps", "4"]
-    line += ["--evaluation-delta", "2", "--nb-for-study", "1", "--cache-dir", "none"]
-    assert train.main([*line, "--result-directory", str(tmp_path)]) == 0
-    rows = list(csv.DictReader(open(tmp_path / "eval.csv")))
-    assert [r["step"] for r in rows] == ["0", "2", "4"]
-    for r in rows:
-        low, mean, high = float(r["node_min"]), float(r["node_mean"]), float(r["node_max"])
-        assert 0 <= low <= mean <= high <= 1
-    study = list(csv.DictReader(open(tmp_path / "study.csv")))
-    assert len(study) == 4 and float(study[-1]["consensus_distance"]) > 0
-
-
 @pytest.mark.parametrize(
     "mixing", [pytest.param("gossip", marks=pytest.mark.slow), "clipped-gossip"]
 )
@@ -176,3 +155,36 @@ def test_chunked_gossip_equals_the_vectorised_form(mixing):
     a = jax.jit(sim.run)(jax.random.key(0))
     b = jax.jit(whole.run)(jax.random.key(0))
     np.testing.assert_allclose(a["theta"], b["theta"], rtol=1e-5, atol=1e-6)
+
+
+def test_graph_run_continues_from_its_checkpoint(tmp_path):
+    """``python -m jaxbyz.train --topology ...``: eval.csv has the honest nodes' min, mean and
+    max beside the average model's accuracy, study.csv the consensus distance; a run saved at
+    step 10 and continued gives the uninterrupted run's rows (every node's model and momentum
+    come back)."""
+    import pandas as pd
+
+    from jaxbyz import train
+
+    line = ["--dataset", "synthetic", "--model", "logreg", "--nb-workers", "6"]
+    line += ["--nb-decl-byz", "1", "--nb-real-byz", "1", "--gar", "median", "--attack", "little"]
+    line += ["--attack-args", "factor:1.5", "--topology", "ring", "--momentum-at", "update"]
+    line += ["--evaluation-delta", "5", "--seed", "3", "--no-progress", "--cache-dir", "none"]
+    whole = tmp_path / "whole"
+    assert train.main([*line, "--nb-steps", "20", "--checkpoint-delta", "10",
+                       "--result-directory", str(whole)]) == 0  # fmt: skip
+    rows = pd.read_csv(whole / "eval.csv")
+    assert rows["step"].tolist() == [0, 5, 10, 15, 20]
+    assert (rows["node_min"] <= rows["node_mean"]).all()
+    assert (rows["node_mean"] <= rows["node_max"]).all() and (rows["node_max"] <= 1).all()
+    assert pd.read_csv(whole / "study.csv")["consensus_distance"].iloc[-1] > 0
+    part = tmp_path / "part"
+    assert train.main([*line, "--nb-steps", "5", "--load-checkpoint", str(whole / "checkpoints"),
+                       "--result-directory", str(part)]) == 0  # fmt: skip
+    study = pd.read_csv(part / "study.csv").set_index("step")
+    expected = pd.read_csv(whole / "study.csv").set_index("step").loc[study.index]
+    pd.testing.assert_frame_equal(study, expected)
+    evaluations = pd.read_csv(part / "eval.csv").set_index("step")
+    pd.testing.assert_frame_equal(
+        evaluations, pd.read_csv(whole / "eval.csv").set_index("step").loc[evaluations.index]
+    )
