@@ -148,6 +148,10 @@ def test_robust_aggregate_refuses_rows_without_a_worker_axis():
         ({"dampening": 1.5}, "--dampening must be in [0, 1], got 1.5"),
         ({"nb_workers": 0}, "--nb-workers must be a positive integer, got 0"),
         ({"nb_decl_byz": 51}, "--nb-decl-byz must be in [0, nb-workers)"),
+        (
+            {"attack": "fang-krum", "gar": "median", "nb_workers": 9, "nb_decl_byz": 4},
+            "attack fang-krum: needs nb-workers >= 2 nb-decl-byz + 3, got nb-workers=9",
+        ),
         ({"nb_real_byz": 13}, "--nb-real-byz must be between 0 and --nb-decl-byz (12)"),
         ({"nb_steps": 10**10}, "--nb-steps 10,000,000,000 is beyond what a run can hold"),
         ({"nb_workers": 10**9}, "--nb-workers 1,000,000,000 is beyond"),

@@ -44,6 +44,9 @@ class Attack:
         gradients on them, and their submissions (through the honest workers' stage when the
         attack's ``momentum`` parameter is true, else the raw clipped gradients) are the
         Byzantine rows: ``fn`` is never called. None for attacks on the submitted vectors.
+      min_workers: ``(a, b)`` when the attack itself needs ``n >= a f_decl + b`` workers to
+        attack (``fang-krum`` runs Krum: ``(2, 3)``); checked by :meth:`check` before anything
+        compiles.
     """
 
     name: str
@@ -52,6 +55,7 @@ class Attack:
     needs_key: bool = False
     needs_rule: bool = False
     poison: PoisonFn | None = None
+    min_workers: tuple[int, int] | None = None  # (a, b): it needs n >= a f_decl + b to attack
 
     def __call__(
         self,
@@ -100,6 +104,14 @@ class Attack:
             raise ValueError(
                 f"attack {self.name}: nb-decl-byz={f_decl} must be below nb-workers={n}"
             )
+        if self.min_workers is not None and f_real > 0:
+            a, b = self.min_workers
+            if n < a * f_decl + b:
+                raise ValueError(
+                    f"attack {self.name}: needs nb-workers >= {a} nb-decl-byz + {b}, got "
+                    f"nb-workers={n} and nb-decl-byz={f_decl}; fix: add workers or declare fewer "
+                    "Byzantine"
+                )
         if rule is not None:
             rule.check(n, f_decl)
 

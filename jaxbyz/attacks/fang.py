@@ -143,7 +143,9 @@ def fang_krum(threshold: Any = THRESHOLD) -> Attack:
         1e-5).
     """
     threshold = number("attack fang-krum", "threshold", threshold, above=0, allow_array=True)
-    return Attack(name="fang-krum", fn=_krum_fn, params={"threshold": threshold})
+    return Attack(
+        name="fang-krum", fn=_krum_fn, params={"threshold": threshold}, min_workers=(2, 3)
+    )
 
 
 # ---------------------------------------------------------------------------------------------- #
