@@ -12,7 +12,10 @@ The public API:
 - :mod:`jaxbyz.aggregators` (``get(name)``: ``rule(G, f)``) and :mod:`jaxbyz.attacks`
   (``get(name)``: ``attack(H, f, key=, rule=)``);
 - :mod:`jaxbyz.transforms`: the optax building blocks (``robust_aggregate``, ``per_worker``,
-  ``momentum``, ...) for one's own training loop.
+  ``momentum``, ...) for one's own training loop;
+- federated rounds and graphs through the same :class:`Config` (``nb_local_steps``,
+  ``clients_per_round``, ``topology``, ``mixing``); :mod:`jaxbyz.topology` and
+  :mod:`jaxbyz.gossip` (gossip, ClippedGossip, a rule per neighbourhood) for one's own loop.
 """
 
 from jaxbyz import aggregators, attacks, transforms
