@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbyz.aggregators.base import Rule
+from jaxbyz.attacks.statistics import masked_mean_std
 from jaxbyz.rows import HIGHEST, row_norms
 from jaxbyz.topology import degree_groups
 
@@ -165,16 +166,10 @@ def neighbourhood_moments(received: Array, honest: Array) -> tuple[Array, Array]
 
         mu_i = (1/h_i) Σ_{k honest} x_k,   sigma_i = sqrt(Σ_{k honest} (x_k - mu_i)² / (h_i - 1))
 
-    two-pass, as :func:`jaxbyz.attacks.statistics.mean_std` on the honest rows; ``sigma_i = 0``
-    with one honest slot, and both 0 with none.
+    :func:`jaxbyz.attacks.statistics.masked_mean_std` of each neighbourhood (two-pass, as
+    ``mean_std`` on the honest rows); ``sigma_i = 0`` with one honest slot, and both 0 with none.
     """
-    honest = jnp.asarray(honest, jnp.bool_)
-    h = jnp.sum(honest, axis=1).astype(received.dtype)
-    mean_weights = jnp.where(honest, 1.0 / jnp.maximum(h, 1.0)[:, None], 0.0)
-    mu = _weighted_slots(mean_weights, received)
-    dev = received - mu[:, None, :]
-    var_weights = jnp.where(honest & (h > 1)[:, None], 1.0 / jnp.maximum(h - 1, 1.0)[:, None], 0.0)
-    return mu, jnp.sqrt(_weighted_slots(var_weights, dev * dev))
+    return jax.vmap(masked_mean_std)(received, jnp.asarray(honest, jnp.bool_))
 
 
 def dissensus(
