@@ -133,6 +133,21 @@ def mean_shift(X: Array, h: Array, iters: int) -> Array:
     return member & (nearest == jnp.argmax(counts))
 
 
+def sign_cluster(
+    G: Array, key: Array, fraction: float, quantile: float, bandwidth: float | None, iters: int
+) -> Array:
+    """``[n]`` bool: the sign filter ``S2``, the rows of the most populated mean-shift cluster
+    of the sign features of a random block of coordinates (step 2 of the module docstring)."""
+    d = G.shape[1]
+    b = block_size(d, fraction)
+    X = sign_features(lax.dynamic_slice_in_dim(G, block_start(key, d, b), b, axis=1))
+    if bandwidth is None:
+        h = jnp.maximum(estimate_bandwidth(X, quantile), MIN_BANDWIDTH)
+    else:
+        h = jnp.asarray(bandwidth, X.dtype)
+    return mean_shift(X, h, iters)
+
+
 def _signguard(
     G: Array,
     f: int,
@@ -146,18 +161,11 @@ def _signguard(
     bandwidth: float | None,
     iters: int,
 ) -> tuple[Array, Array]:
-    d = G.shape[1]
     finite = row_finite(G)
     norms = jnp.where(finite, row_norms(G), jnp.inf)
     M = median_of(norms)
     by_norm = (norms >= L * M) & (norms <= R * M)
-    b = block_size(d, fraction)
-    X = sign_features(lax.dynamic_slice_in_dim(G, block_start(key, d, b), b, axis=1))
-    if bandwidth is None:
-        h = jnp.maximum(estimate_bandwidth(X, quantile), MIN_BANDWIDTH)
-    else:
-        h = jnp.asarray(bandwidth, X.dtype)
-    accepted = by_norm & mean_shift(X, h, iters)
+    accepted = by_norm & sign_cluster(G, key, fraction, quantile, bandwidth, iters)
     factor = jnp.where(norms > M, M / jnp.where(finite & (norms > 0), norms, 1.0), 1.0)
     weights = jnp.where(accepted, factor, 0.0) / jnp.maximum(jnp.sum(accepted), 1)
     aggregate = row_weighted_sum(weights, jnp.where(accepted[:, None], G, 0.0))

@@ -80,12 +80,17 @@ _GRAM_BUDGET = 1 << 22  # Gram entries gathered per batch of subsets (SMEA)
 # ------------------------------------------------------------------------------------------ CAF
 
 
-def _weighted_spectrum(X: Array, c: Array) -> tuple[Array, Array, Array, Array, Array]:
+def _weighted_spectrum(
+    X: Array, c: Array, hold_direction: bool = False
+) -> tuple[Array, Array, Array, Array, Array]:
     """``(μ_c, Z, s, λ', v)``: ``X - μ_c = s Z``, ``λ_max(Σ_c) = s² λ'``, ``v`` its eigenvector.
 
     ``s`` is the largest magnitude of ``X - μ_c`` over the rows of positive weight (1 if none),
     so ``Z`` is at most 1 in magnitude on those rows and their Gram matrix cannot overflow.
-    ``v = 0`` when ``Σ_c = 0``.
+    ``v = 0`` when ``Σ_c = 0``. ``hold_direction``: the eigendecomposition is held constant
+    under differentiation (``λ' = uᵀ (YYᵀ) u`` with ``u`` constant: the derivative of a simple
+    eigenvalue; ``v`` constant), since ``eigh``'s derivative is infinite where eigenvalues
+    repeat, as the zero eigenvalues of the rows of weight 0 do.
     """
     total = jnp.sum(c)
     w = c / jnp.where(total > 0, total, 1.0)
@@ -96,10 +101,15 @@ def _weighted_spectrum(X: Array, c: Array) -> tuple[Array, Array, Array, Array, 
     s = jnp.where((s > 0) & jnp.isfinite(s), s, 1.0)
     Z = diffs / s
     Y = jnp.where(active[:, None], jnp.sqrt(w)[:, None] * Z, 0.0)
-    eigenvalues, eigenvectors = jnp.linalg.eigh(jnp.dot(Y, Y.T, precision=HIGHEST))
-    direction = jnp.dot(eigenvectors[:, -1], Y, precision=HIGHEST)  # Yᵀu
+    K = jnp.dot(Y, Y.T, precision=HIGHEST)
+    eigenvalues, eigenvectors = jnp.linalg.eigh(lax.stop_gradient(K) if hold_direction else K)
+    u = eigenvectors[:, -1]
+    direction = jnp.dot(u, Y, precision=HIGHEST)  # Yᵀu
     norm = jnp.linalg.norm(direction)
     v = jnp.where(norm > 0, direction / jnp.where(norm > 0, norm, 1.0), 0.0)
+    if hold_direction:
+        lam = jnp.dot(u, jnp.dot(K, u, precision=HIGHEST), precision=HIGHEST)
+        return mu, Z, s, jnp.maximum(lam, 0.0), lax.stop_gradient(v)
     return mu, Z, s, jnp.maximum(eigenvalues[-1], 0.0), v
 
 
@@ -112,6 +122,22 @@ def dominant_eigenpair(X: Array, c: Array | None = None) -> tuple[Array, Array]:
     return s * s * lam, v
 
 
+def caf_pass(X: Array, c: Array, hold_direction: bool = False) -> tuple[Array, Array, Array, Array]:
+    """One pass of the filter on finite rows ``X`` with weights ``c``: ``(μ_c,
+    sqrt(λ_max(Σ_c)), the next weights, whether they moved)`` (``hold_direction``: see
+    :func:`_weighted_spectrum`)."""
+    mu, Z, s, lam, v = _weighted_spectrum(X, c, hold_direction)
+    active = c > 0
+    tau = jnp.where(active, jnp.square(jnp.dot(Z, v, precision=HIGHEST)), 0.0)
+    tau_max = jnp.max(tau)
+    moved = tau_max > 0
+    # clamped, and exactly 1 at the maximum: XLA may divide as a product by the reciprocal
+    ratio = jnp.minimum(tau / jnp.where(moved, tau_max, 1.0), 1.0)
+    ratio = jnp.where(tau >= tau_max, 1.0, ratio)
+    c_next = jnp.where(active & moved, c * (1.0 - ratio), c)
+    return mu, s * jnp.sqrt(lam), c_next, moved
+
+
 def caf_filter(G: Array, f: int) -> tuple[Array, Array]:
     """CAF of the rows of ``G`` ``[n, d]``: (``μ_c`` of smallest ``λ_max``, its weights ``c``)."""
     n = G.shape[0]
@@ -120,17 +146,7 @@ def caf_filter(G: Array, f: int) -> tuple[Array, Array]:
     budget = n - 2 * f
 
     def visit(c: Array) -> tuple[Array, Array, Array, Array]:
-        """(μ_c, sqrt(λ_max(Σ_c)), next weights, whether the weights moved)."""
-        mu, Z, s, lam, v = _weighted_spectrum(X, c)
-        active = c > 0
-        tau = jnp.where(active, jnp.square(jnp.dot(Z, v, precision=HIGHEST)), 0.0)
-        tau_max = jnp.max(tau)
-        moved = tau_max > 0
-        # clamped, and exactly 1 at the maximum: XLA may divide as a product by the reciprocal
-        ratio = jnp.minimum(tau / jnp.where(moved, tau_max, 1.0), 1.0)
-        ratio = jnp.where(tau >= tau_max, 1.0, ratio)
-        c_next = jnp.where(active & moved, c * (1.0 - ratio), c)
-        return mu, s * jnp.sqrt(lam), c_next, moved
+        return caf_pass(X, c)
 
     def keep_going(state: tuple) -> Array:
         passes, c, moved = state[:3]
@@ -186,11 +202,14 @@ def _too_many(n: int, f: int, max_subsets: int) -> str | None:
     return None
 
 
-def subset_top_eigenvalues(G: Array, candidates: Array) -> Array:
+def subset_top_eigenvalues(G: Array, candidates: Array, hold_direction: bool = False) -> Array:
     """``λ_max(Σ_S)`` for each row ``S`` of ``candidates`` ``[s, k]`` (indices into ``G``'s rows);
-    ``+Inf`` for the subsets holding a row that is non-finite or whose squared norm overflows."""
+    ``+Inf`` for the subsets holding a row that is non-finite or whose squared norm overflows.
+    ``hold_direction``: each ``λ_max`` is ``uᵀ B u / k`` with its eigenvector ``u`` held constant
+    under differentiation (the derivative of a simple eigenvalue, finite where ``eigvalsh``'s
+    derivative, which solves for every eigenvector, is not)."""
     k = candidates.shape[1]
-    centre = coordinate_median(G)
+    centre = lax.stop_gradient(coordinate_median(G))  # the double centring removes it exactly
     X = G - jnp.where(jnp.isfinite(centre), centre, 0.0)
     K = gram(X)
     ok = jnp.isfinite(jnp.diagonal(K))
@@ -200,7 +219,11 @@ def subset_top_eigenvalues(G: Array, candidates: Array) -> Array:
         block = K[idx[:, None], idx[None, :]]
         r = jnp.mean(block, axis=1)
         centred = block - r[:, None] - r[None, :] + jnp.mean(r)
-        lam = jnp.linalg.eigvalsh(centred)[-1] / k
+        if hold_direction:
+            u = jnp.linalg.eigh(lax.stop_gradient(centred))[1][:, -1]
+            lam = jnp.dot(u, jnp.dot(centred, u, precision=HIGHEST)) / k
+        else:
+            lam = jnp.linalg.eigvalsh(centred)[-1] / k
         return jnp.where(jnp.all(ok[idx]) & ~jnp.isnan(lam), lam, jnp.inf)
 
     batch = max(1, _GRAM_BUDGET // (k * k))

@@ -34,37 +34,10 @@ start's rows to ``mu_h`` (so that the start itself is feasible and never shrunk)
 and grows with the step size).
 
 Relaxations. The ascent follows the gradient of a relaxed rule where the exact one has discrete
-choices; candidates are always SCORED with the exact rule. :data:`RELAXATIONS` maps a rule name
-to its relaxation ``relax(rule, G, f, *, key, temperature) -> [d]``:
-
-- ``krum`` (Multi-Krum, ``m`` rows): soft selection of the rows by their Krum scores ``s_i``
-  (Blanchard et al., NeurIPS 2017; sums of the ``n - f - 1`` smallest distances, squared if the
-  rule's ``squared``): for ``m = 1`` weights ``softmax(-s / T)``; for ``m > 1`` weights
-  ``sigmoid((t - s_i) / T)`` with ``t`` the midpoint of the ``m``-th and ``(m+1)``-th smallest
-  scores; the relaxed aggregate is the normalised weighted average of the rows. As ``T -> 0``
-  both give the exact rule;
-- ``bulyan``: the same soft selection of the rows Bulyan's Multi-Krum stage uses (its scores
-  over ``m`` neighbours; the ``u`` best-ranked rows, ``u = n - f - 2`` by default), their soft
-  weighted average: the coordinate-wise stage is dropped from the relaxation;
-- ``brute`` (MDA): ``softmax(-diam / T)`` over all ``(n - f)``-subsets by their squared
-  diameters, the aggregate ``sum_S p_S mean(G_S)``;
-- ``geomed``: one Weiszfeld step ``sum_i beta_i g_i / sum_i beta_i``, ``beta_i = 1 /
-  max(nu, ||g_i - z*||)``, from the exact geometric median ``z*`` held constant
-  (``stop_gradient``): its value is ``z*`` (a fixed point) and its Jacobian ``P_j / (r_j sum_i
-  1/r_i)`` approximates the implicit one ``(sum_i P_i / r_i)^-1 P_j / r_j`` (``P_i`` the
-  projector orthogonal to ``g_i - z*``); the exact rule's ``while_loop`` cannot be reverse-
-  differentiated;
-- ``cge``, ``aksel``, ``monna`` (means of the ``c`` rows of smallest key: squared norm, squared
-  distance to the coordinate-wise median, squared distance to the pivot, ``prev`` taken as 0):
-  the soft selection of the ``c`` smallest keys, their normalised weighted average.
-
-The temperature is relative: ``T = temperature * std(finite scores)`` (held constant). Rules
-without a relaxation (``average``, ``median``, ``trmean``, ``cclip``, ``phocas``, ``meamed``,
-rules behind pre-aggregators, ...) are differentiated exactly by JAX autodiff
-(sorts and selections are differentiable almost everywhere); where reverse-mode autodiff of the
-rule fails at trace time (a ``while_loop``), a straight-through estimate is used: the exact value
-with the Jacobian of the weighted average of the rows the rule accepted (uniform when it reports
-none).
+choices (:mod:`jaxbyz.attacks.relaxations`: Krum, Bulyan, MDA, SMEA, geomed, CGE, Aksel, MoNNA,
+DnC, the two clustering rules, SignGuard, CAF, at relative ``temperature``); other rules are
+differentiated exactly by JAX, or straight through where reverse-mode autodiff cannot trace
+them. Candidates are always SCORED with the exact rule.
 
 Selection: every iterate of every start, the start itself and the final point included, is
 scored with the exact objective under the exact rule (NaN counts as ``-inf``) and the best is
@@ -97,20 +70,14 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from jaxbyz.aggregators.brute import subsets
-from jaxbyz.aggregators.coordinatewise import coordinate_median
-from jaxbyz.aggregators.distance import pairwise_sq_distances
-from jaxbyz.aggregators.krum import bulyan_weights, krum_scores
 from jaxbyz.attacks.adaptive import call_rule
 from jaxbyz.attacks.base import Attack
 from jaxbyz.attacks.registry import PARAMS, REGISTRY, register
-from jaxbyz.rows import HIGHEST, broadcast_row, row_finite, row_mean, row_norms
+from jaxbyz.attacks.relaxations import RELAXATIONS, straight_through
+from jaxbyz.rows import HIGHEST, broadcast_row, row_mean, row_norms
 from jaxbyz.validation import boolean, choice, integer, invalid, number
 
 Array = jax.Array
-
-# relax(rule, G, f, *, key, temperature) -> relaxed aggregate [d]
-RelaxFn = Callable[..., Array]
 
 OBJECTIVES = ("deviation", "cosine")
 DEFAULT_STARTS = ("little", "empire", "minmax", "minsum")
@@ -120,144 +87,6 @@ START_PARAMS: dict[str, dict[str, Any]] = {
     "empire": {"factor": 1.1, "negative": True},
 }
 _OWNER = "attack optimized"
-
-
-# ---------------------------------------------------------------------------------------------- #
-# Relaxations
-
-
-def soft_selection(scores: Array, m: int, temperature: Any) -> Array:
-    """``[n]`` weights summing to 1 that softly select the ``m`` smallest ``scores``.
-
-    ``m = 1``: ``softmax(-s / T)``; ``m > 1``: ``sigmoid((t - s_i) / T)`` normalised, ``t`` the
-    midpoint of the ``m``-th and ``(m+1)``-th smallest scores. ``T = temperature x std`` of the
-    finite scores (held constant). Non-finite scores get weight 0.
-    """
-    finite = jnp.isfinite(scores)
-    s = jnp.where(finite, scores, 0.0)
-    count = jnp.maximum(jnp.sum(finite), 1)
-    mean = jnp.sum(s) / count
-    std = jnp.sqrt(jnp.sum(jnp.where(finite, jnp.square(s - mean), 0.0)) / count)
-    scale = jnp.maximum(std, jnp.finfo(s.dtype).tiny)
-    T = lax.stop_gradient(temperature * jnp.where(std > 0, scale, 1.0))
-    if m == 1:
-        w = jax.nn.softmax(jnp.where(finite, -s / T, -jnp.inf))
-        return jnp.where(finite, w, 0.0)
-    ordered = jnp.sort(jnp.where(finite, s, jnp.inf))
-    upper = ordered[min(m, s.shape[0] - 1)]
-    t = 0.5 * (ordered[m - 1] + jnp.where(jnp.isfinite(upper), upper, ordered[m - 1]))
-    w = jnp.where(finite, jax.nn.sigmoid((t - s) / T), 0.0)
-    return w / jnp.maximum(jnp.sum(w), jnp.finfo(s.dtype).tiny)
-
-
-def _safe_distances(G: Array, squared: bool) -> Array:
-    """Pairwise distances with a finite gradient at 0 (the rule's own are ``sqrt`` of 0)."""
-    D = pairwise_sq_distances(G)
-    if squared:
-        return D
-    finite = jnp.isfinite(D)
-    floor = 1e-12 * lax.stop_gradient(jnp.max(jnp.where(finite, D, 0.0))) + 1e-30
-    return jnp.where(finite, jnp.sqrt(jnp.maximum(jnp.where(finite, D, 0.0), floor)), jnp.inf)
-
-
-def _weighted_average(w: Array, G: Array) -> Array:
-    """``sum_i w_i g_i`` over the rows with ``w_i > 0`` (a NaN row with weight 0 stays out)."""
-    G = jnp.where((w > 0)[:, None], G, 0.0)
-    return jnp.dot(w.astype(G.dtype), G, precision=HIGHEST)
-
-
-def relaxed_krum(rule: Any, G: Array, f: int, *, key: Any, temperature: Any) -> Array:
-    """Soft Multi-Krum: the rows weighted by a soft selection of the ``m`` best Krum scores."""
-    n = G.shape[0]
-    m = rule.params.get("m") or n - f - 2
-    D = _safe_distances(G, rule.params.get("squared", False))
-    return _weighted_average(soft_selection(krum_scores(D, n - f - 1), m, temperature), G)
-
-
-def relaxed_bulyan(rule: Any, G: Array, f: int, *, key: Any, temperature: Any) -> Array:
-    """Soft average of the rows Bulyan's Multi-Krum stage uses (coordinate stage dropped)."""
-    n = G.shape[0]
-    m_max = n - f - 2
-    m = rule.params.get("m") or m_max
-    used = bulyan_weights(n - 2 * f - 2, m, m_max).shape[1]
-    D = _safe_distances(G, False)
-    return _weighted_average(soft_selection(krum_scores(D, m), used, temperature), G)
-
-
-def relaxed_brute(rule: Any, G: Array, f: int, *, key: Any, temperature: Any) -> Array:
-    """Soft MDA: ``sum_S softmax(-diam_S / T) mean(G_S)`` over the ``(n - f)``-subsets."""
-    n = G.shape[0]
-    D = pairwise_sq_distances(G)
-    candidates = jnp.asarray(subsets(n, n - f))
-    diameters = jax.vmap(lambda idx: jnp.max(D[idx[:, None], idx[None, :]]))(candidates)
-    p = soft_selection(diameters, 1, temperature)
-    w = jnp.zeros((n,), G.dtype).at[candidates].add(jnp.broadcast_to(p[:, None], candidates.shape))
-    return _weighted_average(w / (n - f), G)
-
-
-def relaxed_geomed(rule: Any, G: Array, f: int, *, key: Any, temperature: Any) -> Array:
-    """One Weiszfeld step from the exact geometric median held constant (see module doc)."""
-    z = lax.stop_gradient(call_rule(rule, G, f, key))
-    finite = row_finite(G)
-    Gz = jnp.where(finite[:, None], G, 0.0)
-    dist = jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(Gz - z), axis=1), 1e-30))
-    beta = jnp.where(finite, 1.0 / jnp.maximum(dist, rule.params.get("nu", 1e-6)), 0.0)
-    return _weighted_average(beta / jnp.sum(beta), Gz)
-
-
-def _soft_mean_of_smallest(G: Array, keys: Array, c: int, temperature: Any) -> Array:
-    return _weighted_average(soft_selection(keys, c, temperature), G)
-
-
-def relaxed_cge(rule: Any, G: Array, f: int, *, key: Any, temperature: Any) -> Array:
-    """Soft CGE: the ``n - f`` rows of smallest squared norm, softly selected."""
-    keys = jnp.sum(jnp.square(G), axis=1)
-    return _soft_mean_of_smallest(G, keys, G.shape[0] - f, temperature)
-
-
-def relaxed_aksel(rule: Any, G: Array, f: int, *, key: Any, temperature: Any) -> Array:
-    """Soft Aksel: the rows closest to the coordinate-wise median, softly selected."""
-    n = G.shape[0]
-    c = (n + 1) // 2 if rule.params.get("mode", "mid") == "mid" else n - f
-    med = coordinate_median(G, rule.params.get("lower", True))
-    return _soft_mean_of_smallest(G, jnp.sum(jnp.square(G - med), axis=1), c, temperature)
-
-
-def relaxed_monna(rule: Any, G: Array, f: int, *, key: Any, temperature: Any) -> Array:
-    """Soft MoNNA: the ``n - f`` rows nearest to the pivot, softly selected (``prev`` = 0)."""
-    pivot = rule.params.get("pivot", "median")
-    if pivot == "median":
-        p = coordinate_median(G)
-    elif pivot == "prev":
-        p = jnp.zeros(G.shape[1], G.dtype)
-    else:
-        p = G[pivot]
-    keys = jnp.sum(jnp.square(G - p), axis=1)
-    return _soft_mean_of_smallest(G, keys, G.shape[0] - f, temperature)
-
-
-RELAXATIONS: dict[str, RelaxFn] = {
-    "krum": relaxed_krum,
-    "bulyan": relaxed_bulyan,
-    "brute": relaxed_brute,
-    "geomed": relaxed_geomed,
-    "cge": relaxed_cge,
-    "aksel": relaxed_aksel,
-    "monna": relaxed_monna,
-}
-
-
-def straight_through(rule: Any, G: Array, f: int, key: Any) -> Array:
-    """The exact aggregate, with the Jacobian of the average of the rows the rule accepted."""
-    if getattr(rule, "needs_key", False):
-        value, accepted = rule.aggregate(G, f, key=key)
-    else:
-        value, accepted = rule.aggregate(G, f)
-    n = G.shape[0]
-    w = jnp.full((n,), 1.0 / n, G.dtype) if accepted is None else accepted.astype(G.dtype)
-    w = lax.stop_gradient(w / jnp.maximum(jnp.sum(w), jnp.finfo(G.dtype).tiny))
-    surrogate = _weighted_average(w, G)
-    return lax.stop_gradient(value) + surrogate - lax.stop_gradient(surrogate)
 
 
 # ---------------------------------------------------------------------------------------------- #
