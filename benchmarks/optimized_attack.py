@@ -1,0 +1,101 @@
+"""Is the ``optimized`` attack at least as strong as every other attack of the library?
+
+Reads the ``runs.csv`` of a sweep that crosses rules with attacks (the ``optimized-paper``
+preset: the paper's Fashion-MNIST setting, n = 51, f = 12, median, trmean, krum, cclip, geomed,
+both momentum placements, one seed) and prints, per rule and placement, the optimized attack's
+final top-1 accuracy next to the strongest other attack's (the lowest final accuracy among
+them), and whether the optimized one is within ``--tolerance`` (default 0.01) of it or below::
+
+    python -m jaxbyz.experiments.sweep optimized-paper --output results/optimized-paper
+    python benchmarks/optimized_attack.py results/optimized-paper [--json out.json]
+
+Runs that failed are left out; a diverged run counts with its final accuracy (that of the
+diverged model). A lower accuracy means a stronger attack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+COUNTED = ("completed", "diverged")
+
+
+def strongest(table: pd.DataFrame, metric: str, tolerance: float) -> pd.DataFrame:
+    """One row per (rule, placement, f): the optimized attack's ``metric``, the other attack of
+    lowest ``metric`` and its value, the difference, and whether it holds within ``tolerance``."""
+    attacked = table[(table["role"] == "attacked") & table["status"].isin(COUNTED)]
+    rows = []
+    for (rule, placement, f), group in attacked.groupby(["gar", "momentum_at", "nb_decl_byz"]):
+        mine = group[group["attack"] == "optimized"]
+        others = group[group["attack"] != "optimized"]
+        if mine.empty or others.empty:
+            continue
+        worst = others.loc[others[metric].idxmin()]
+        value = float(mine[metric].mean())
+        rows.append(
+            {
+                "rule": rule,
+                "momentum_at": placement,
+                "f": int(f),
+                "optimized": value,
+                "strongest other": worst["attack"],
+                "its accuracy": float(worst[metric]),
+                "difference": value - float(worst[metric]),
+                "holds": value <= float(worst[metric]) + tolerance,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    lines = [
+        "| rule | momentum at | f | optimized | strongest other | its accuracy | difference "
+        "| within tolerance |",
+        "|---|---|---:|---:|---|---:|---:|---|",
+    ]
+    for r in frame.itertuples(index=False):
+        lines.append(
+            f"| {r.rule} | {r.momentum_at} | {r.f} | {r.optimized:.4f} | {r[4]} | {r[5]:.4f} "
+            f"| {r.difference:+.4f} | {'yes' if r.holds else '**no**'} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("results", type=Path, help="a sweep's output folder (holds runs.csv)")
+    parser.add_argument(
+        "--metric",
+        default="final_accuracy",
+        choices=("final_accuracy", "best_accuracy"),
+        help="the accuracy compared (default: the final one, as the target states it)",
+    )
+    parser.add_argument(
+        "--tolerance", type=float, default=0.01, help="allowed excess accuracy (default 0.01)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    args = parser.parse_args()
+    runs = args.results / "runs.csv"
+    if not runs.is_file():
+        parser.error(f"results={str(args.results)!r} holds no runs.csv; pass a sweep's --output")
+    frame = strongest(pd.read_csv(runs), args.metric, args.tolerance)
+    if frame.empty:
+        parser.error(f"{runs} has no rule with both the optimized attack and another attack")
+    print(markdown(frame))
+    held = int(frame["holds"].sum())
+    cells = f"{held} of {len(frame)} (rule, placement, f) cells"
+    print(f"\n{cells} within {args.tolerance} ({args.metric})")
+    if args.json is not None:
+        args.json.write_text(json.dumps(frame.to_dict(orient="records"), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
