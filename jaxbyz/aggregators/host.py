@@ -16,7 +16,12 @@ multiply-adds). Both are therefore handed to NumPy, inside the compiled program:
   releases the GIL in its copies, partitions and sorts); the rows ``x_(lo) .. x_(hi)`` are written
   into XLA's result ``[hi - lo + 1, d]``.
 - :func:`gram`: ``np.dot(X, X.T)`` (BLAS ``syrk``, float32 accumulation, no reduced precision)
-  written into XLA's result ``[n, n]``.
+  written into XLA's result ``[n, n]``; with ``d`` large, as the sum (in a fixed order) of the
+  Gram matrices of one contiguous block of columns per core, each computed by OpenBLAS
+  restricted to its calling thread of the pool (``openblas_set_num_threads_local``). OpenBLAS's
+  own threads spin while they wait, and where other work shares the cores one call took 50 times
+  longer than XLA's dot; threads of the pool block instead. Without that control (another BLAS
+  than NumPy's OpenBLAS) it is one ``np.dot``.
 
 Exactness: an order statistic is a value of the input, so the selected rows equal, bit for bit,
 those of any other exact method (the sorting network, ``jnp.sort``) except for the sign of a zero
@@ -48,8 +53,10 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +66,7 @@ Array = jax.Array
 
 BLOCK_BYTES = 1 << 20  # a transposed block of columns: about the size of a core's L2 cache
 MIN_BLOCK_COLUMNS = 64
+GRAM_MIN_COLUMNS = 4096  # columns per thread below which the Gram matrix is one BLAS call
 SUPPORTED = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
 
 
@@ -290,13 +298,66 @@ def _window_body(args: list[np.ndarray], rets: list[np.ndarray]) -> None:
     _windows(X, rets[0], lo, hi, bool(nan_as_inf))
 
 
+@functools.cache
+def _blas_local_threads() -> Any:
+    """OpenBLAS's ``openblas_set_num_threads_local`` (the BLAS NumPy loaded; OpenBLAS >= 0.3.27:
+    the calling thread's count only), or None where NumPy's BLAS is another library."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            setter = ctypes.CDLL(path).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int
+        return setter
+    return None
+
+
+def blas_single_threaded() -> bool:
+    """Whether this process can run BLAS single-threaded in a chosen thread (see :func:`gram`)."""
+    return _blas_local_threads() is not None
+
+
+def _partial_gram(X: np.ndarray, a: int, b: int) -> np.ndarray:
+    """``X[:, a:b] X[:, a:b]ᵀ`` by BLAS ``syrk`` in the calling thread alone."""
+    setter = _blas_local_threads()
+    previous = setter(1) if setter is not None else None
+    try:
+        block = X[:, a:b]
+        with np.errstate(all="ignore"):  # ±Inf and NaN rows propagate silently, as in XLA
+            return np.dot(block, block.T)
+    finally:
+        if setter is not None:
+            setter(previous)
+
+
+def _blocked_gram(X: np.ndarray, out: np.ndarray) -> None:
+    """``out = X Xᵀ`` as the sum, in a fixed order, of the Gram matrices of one contiguous block
+    of columns per core, each computed by single-threaded BLAS on a thread of the pool."""
+    d = X.shape[1]
+    parts = min(_pool()._max_workers, max(1, d // GRAM_MIN_COLUMNS))
+    if parts == 1 or not blas_single_threaded():
+        with np.errstate(all="ignore"):
+            np.dot(X, X.T, out=out)
+        return
+    bounds = [d * i // parts for i in range(parts + 1)]
+    jobs = [_pool().submit(_partial_gram, X, a, b) for a, b in itertools.pairwise(bounds)]
+    total = jobs[0].result()
+    for job in jobs[1:]:
+        total += job.result()
+    out[...] = total
+
+
 def _gram_body(args: list[np.ndarray], rets: list[np.ndarray]) -> None:
     (X,), (K,) = args, rets
     n, d = X.shape[-2:]
     flat_x, flat_k = X.reshape(-1, n, d), K.reshape(-1, n, n)
-    with np.errstate(all="ignore"):  # ±Inf and NaN rows propagate silently, as in XLA
-        for i in range(flat_x.shape[0]):
-            np.dot(flat_x[i], flat_x[i].T, out=flat_k[i])  # BLAS syrk, float32 accumulation
+    for i in range(flat_x.shape[0]):
+        _blocked_gram(flat_x[i], flat_k[i])
 
 
 _HANDLERS: dict[str, object] = {}
