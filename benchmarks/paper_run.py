@@ -130,6 +130,43 @@ def breakdown(config, summary: dict) -> dict[str, float]:
     out["rest of the run (momentum, clipping, metrics, dispatch)"] = round(
         summary["run_seconds"] - named, 2
     )
+    if config.model == "simples-full":
+        out.update(blas_floor(h, config.batch_size, sim.dataset.num_classes, rows, counts))
+    return out
+
+
+def blas_floor(h: int, b: int, classes: int, rows, counts: dict) -> dict[str, float]:
+    """The same products at NumPy's BLAS speed, scaled like the parts: the MLP's gradients (one
+    product of all ``h * b`` examples per layer forward; per worker ``X_iᵀ D_i`` for each weight
+    matrix backward) and Krum's Gram matrix ``G Gᵀ``: what no implementation of these
+    computations beats on this machine."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((h * b, 784), np.float32)
+    W1 = rng.standard_normal((784, 100), np.float32)
+    W2 = rng.standard_normal((100, 10 if classes is None else classes), np.float32)
+    G = np.asarray(rows)
+
+    def gradients() -> None:
+        A = np.maximum(X @ W1, 0.0)
+        D2 = A @ W2  # stands for the output error: same shape and cost
+        D1 = D2 @ W2.T
+        np.matmul(X.reshape(h, b, -1).transpose(0, 2, 1), D1.reshape(h, b, -1))
+        np.matmul(A.reshape(h, b, -1).transpose(0, 2, 1), D2.reshape(h, b, -1))
+
+    out = {}
+    for name, fn, count in (
+        ("gradients at BLAS speed", gradients, counts["gradients"]),
+        ("Gram at BLAS speed", lambda: G @ G.T, counts["rule"]),
+    ):
+        fn()
+        times = []
+        for _ in range(5):
+            clock = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - clock)
+        out[name] = round(statistics.median(times) * count, 2)
     return out
 
 
