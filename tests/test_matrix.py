@@ -48,6 +48,22 @@ def test_cells_worst_attack_and_panels():
     assert "| krum | 0.900 | 0.300 | 0.100 | nan | 0.100 |" in matrix.markdown(cells)
 
 
+def test_worst_case_by_placement_over_the_attacks_both_hold():
+    cases = matrix.placement_worst_cases(TABLE).set_index("rule")
+    # krum: only "little" ran with both placements (update 0.7, worker 0.3)
+    assert cases.loc["krum", "update"] == 0.7 and cases.loc["krum", "worker"] == 0.3
+    assert cases.loc["krum", "worker - update"] == pytest.approx(-0.4)
+    # median: only "empire" ran with both (update 0.2, worker 0.5)
+    assert cases.loc["median", "its worst attack"] == "empire"
+    assert cases.loc["median", "worker - update"] == pytest.approx(0.3)
+    lines = "\n".join(matrix.section(TABLE, None))
+    assert "worker momentum raises the worst case in 1 of 2 (rule, f) cells" in lines
+    assert "| 2 | median | 0.200 | empire | 0.500 | empire | +0.300 |" in lines
+    one_placement = TABLE[TABLE["momentum_at"] == "worker"]
+    assert matrix.placement_worst_cases(one_placement).empty
+    assert "Worst case by momentum placement" not in "\n".join(matrix.section(one_placement, None))
+
+
 def test_attack_with_several_argument_sets_is_shown_per_set():
     table = pd.concat(
         [TABLE, pd.DataFrame([_row("median", "little", 0.1, attack_args='{"factor": 3}')])]

@@ -64,6 +64,61 @@ def matrices(table: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFrame]]:
     return out
 
 
+def placement_worst_cases(table: pd.DataFrame) -> pd.DataFrame:
+    """Per declared ``f`` and rule: the worst-case accuracy with momentum at the update and at
+    the workers, over the attacks both placements' matrices hold for that rule, the two worst
+    attacks, and ``worker - update`` (the paper's question: does worker momentum raise what a
+    rule keeps under its strongest attack?). Empty when the grid does not cross the two."""
+    panels = {(p["momentum_at"], p["nb_decl_byz"]): cells for p, cells in matrices(table)}
+    rows = []
+    for f in sorted({f for _, f in panels}):
+        if ("update", f) not in panels or ("worker", f) not in panels:
+            continue
+        update, worker = (panels[(at, f)].drop(columns=["worst attack", "worst"]) for at in
+                          ("update", "worker"))  # fmt: skip
+        for rule in sorted(set(update.index) & set(worker.index)):
+            u, w = update.loc[rule].astype(float), worker.loc[rule].astype(float)
+            common = [a for a in u.index if a in w.index and pd.notna(u[a]) and pd.notna(w[a])]
+            if not common:
+                continue
+            u, w = u[common], w[common]
+            rows.append(
+                {
+                    "f": f,
+                    "rule": rule,
+                    "update": u.min(),
+                    "its worst attack": u.idxmin(),
+                    "worker": w.min(),
+                    "worker's worst attack": w.idxmin(),
+                    "worker - update": w.min() - u.min(),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _placement_lines(table: pd.DataFrame) -> list[str]:
+    cases = placement_worst_cases(table)
+    if cases.empty:
+        return []
+    raised = int((cases["worker - update"] > 0).sum())
+    lines = [
+        "### Worst case by momentum placement",
+        "",
+        "Each rule's accuracy under its strongest attack (over the attacks run with both "
+        "placements), with momentum at the server's update and at the workers: worker momentum "
+        f"raises the worst case in {raised} of {len(cases)} (rule, f) cells.",
+        "",
+        "| f | rule | update | its worst attack | worker | worker's worst attack "
+        "| worker - update |",
+        "|---:|---|---:|---|---:|---|---:|",
+    ]
+    for r in cases.itertuples(index=False):
+        lines.append(
+            f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]} | {r[4]:.3f} | {r[5]} | {r[6]:+.3f} |"
+        )
+    return [*lines, ""]
+
+
 def title(panel: dict[str, Any]) -> str:
     return f"momentum at the {panel['momentum_at']}s, f = {panel['nb_decl_byz']}"
 
@@ -126,4 +181,4 @@ def section(table: pd.DataFrame, folder: Path | None) -> list[str]:
             stem = f"rules-vs-attacks-{panel['momentum_at']}-f{panel['nb_decl_byz']}"
             path = heatmap(panel, cells, folder / f"{stem}.png")
             lines += [f"![{stem}](plots/{path.name})", ""]
-    return lines
+    return lines + _placement_lines(table)
