@@ -246,10 +246,56 @@ def order_statistics(
         return sorted_rows(nan_to_inf(X) if nan_as_inf else X)
     if nan_as_inf:
         X = [nan_to_inf(x) for x in X] if isinstance(X, (list, tuple)) else nan_to_inf(X)
-    rows = list(X) if isinstance(X, (list, tuple)) else [X[i] for i in range(n)]
-    for a, b in pruned_network(n, wanted):
+    rows = tuple(X) if isinstance(X, (list, tuple)) else tuple(X[i] for i in range(n))
+    return dict(zip(wanted, network_ranks(rows, wanted), strict=True))
+
+
+def _network(rows: tuple[Array, ...], wanted: tuple[int, ...]) -> tuple[Array, ...]:
+    """The rows of ranks ``wanted`` by the pruned network's compare-exchanges."""
+    rows = list(rows)
+    for a, b in pruned_network(len(rows), wanted):
         rows[a], rows[b] = jnp.minimum(rows[a], rows[b]), jnp.maximum(rows[a], rows[b])
-    return {r: rows[r] for r in wanted}
+    return tuple(rows[r] for r in wanted)
+
+
+def _network_sources(rows: tuple[Array, ...], wanted: tuple[int, ...]) -> tuple[Array, ...]:
+    """For each rank of ``wanted``, the ``[d]`` index of the input row each value comes from:
+    the same network carrying row indices, exchanged where ``x_a > x_b`` (ties keep the lower
+    index first)."""
+    values = list(rows)
+    sources = [jnp.full(rows[0].shape, i, jnp.int32) for i in range(len(rows))]
+    for a, b in pruned_network(len(rows), wanted):
+        swap = values[a] > values[b]
+        values[a], values[b] = jnp.minimum(values[a], values[b]), jnp.maximum(values[a], values[b])
+        sources[a], sources[b] = (
+            jnp.where(swap, sources[b], sources[a]),
+            jnp.where(swap, sources[a], sources[b]),
+        )
+    return tuple(sources[r] for r in wanted)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def network_ranks(rows: tuple[Array, ...], wanted: tuple[int, ...]) -> tuple[Array, ...]:
+    """The order statistics of ranks ``wanted`` of the ``n`` rows ``rows`` (each ``[d]``), by the
+    fused network (module doc). Derivative: the tangent of ``x_(r)`` is the tangent of the entry
+    it is (the network run again carrying row indices, only when differentiating), a masked sum
+    that XLA fuses; reverse-mode autodiff through the ``min``/``max`` network itself keeps a mask
+    per comparator and took 20 times longer on CPU (trmean of 19 x 79,510)."""
+    return _network(rows, wanted)
+
+
+@network_ranks.defjvp
+def _network_ranks_jvp(
+    wanted: tuple[int, ...], primals: tuple, tangents: tuple
+) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
+    (rows,), (drows,) = primals, tangents
+    sources = lax.stop_gradient(_network_sources(rows, wanted))
+    dtype = rows[0].dtype
+    out = tuple(
+        sum(jnp.where(src == i, jnp.asarray(dx, dtype), 0.0) for i, dx in enumerate(drows))
+        for src in sources
+    )
+    return _network(rows, wanted), out
 
 
 def sum_ranks(S: Ranked, lo: int, hi: int) -> Array:
