@@ -8,6 +8,13 @@ median of several calls. The objective reached is printed beside (higher is a st
 
     python benchmarks/attacks.py [--repeats 7] [--stages 1 2 4 16] [--json out.json]
 
+``--optimized RULE ...`` times instead the ``optimized`` attack (``--optimized-steps`` ascent
+steps from each of its four starts) against each rule, at ``--honest``/``--byzantine``/``--dim``;
+``--minmax-autodiff`` differentiates the order statistics below 128 rows through the sorting
+network's ``min``/``max`` (the derivative before 2026-12-02) for a side-by-side figure::
+
+    python benchmarks/attacks.py --optimized median trmean --honest 15 --byzantine 4
+
 ``time_attack`` and ``make_inputs`` are importable (for the full simulator-step timing).
 """
 
@@ -109,6 +116,21 @@ def time_step(attack_args: dict[str, Any], repeats: int = 5) -> dict[str, float]
     return {"compile_s": compile_s, "median_ms": 1e3 * statistics.median(times)}
 
 
+def run_optimized(
+    rules: list[str], h: int, f: int, d: int, steps: int, repeats: int
+) -> list[dict[str, Any]]:
+    """Rows ``{attack, rule, compile_s, median_ms, min_ms, objective}`` of the optimized attack
+    (``steps`` ascent steps per start) against each rule (declared ``f``)."""
+    H = make_inputs(h, d)
+    atk = attacks.get("optimized", steps=steps)
+    rows = []
+    for name in rules:
+        row = {"attack": f"optimized, {steps} steps", "rule": name}
+        row.update(time_attack(atk, H, f, aggregators.get(name), repeats=repeats))
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -119,7 +141,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stages", type=int, nargs="+", default=[1, 2, 4, 16])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--optimized", nargs="+", metavar="RULE", default=None,
+        help="time the optimized attack against these rules instead",
+    )  # fmt: skip
+    parser.add_argument("--optimized-steps", type=int, default=3, help="its ascent steps")
+    parser.add_argument(
+        "--minmax-autodiff", action="store_true",
+        help="differentiate the sorting network through its min/max (the former derivative)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.minmax_autodiff:
+        from jaxbyz.aggregators import order
+
+        order.network_ranks = order._network
+    if args.optimized is not None:
+        rows = run_optimized(
+            args.optimized, args.honest, args.byzantine, args.dim, args.optimized_steps,
+            args.repeats,
+        )  # fmt: skip
+        how = "min/max autodiff" if args.minmax_autodiff else "selected-entry derivative"
+        print(f"h={args.honest}, f={args.byzantine}, d={args.dim}; {how}")
+        for r in rows:
+            print(
+                f"{r['attack']} vs {r['rule']:<10} compile {r['compile_s']:>6.2f} s   "
+                f"call {r['median_ms']:>9.1f} ms (min {r['min_ms']:.1f})"
+            )
+        if args.json:
+            with open(args.json, "w") as fd:
+                json.dump({"rows": rows, "minmax_autodiff": args.minmax_autodiff}, fd, indent=2)
+        return
     rows = run(args.honest, args.byzantine, args.dim, tuple(args.stages), args.repeats)
     machine = (
         f"{platform.processor() or platform.machine()}, {jax.device_count()} x "
