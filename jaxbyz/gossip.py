@@ -27,6 +27,7 @@ import numpy as np
 from jaxbyz.aggregators.base import Rule
 from jaxbyz.attacks.statistics import masked_mean_std
 from jaxbyz.rows import HIGHEST, row_norms
+from jaxbyz.rows import clip_factors as row_clip_factors
 from jaxbyz.topology import degree_groups
 
 Array = jax.Array
@@ -72,8 +73,7 @@ def clip_factors(norms: Array, tau: Array) -> Array:
     ``‖z‖ <= τ`` (``z = 0`` and ``τ = +inf`` included), so ``CLIP(z, τ) = factor · z`` never
     divides by zero."""
     tau = jnp.broadcast_to(jnp.asarray(tau, norms.dtype), norms.shape[:1])[:, None]
-    over = norms > tau
-    return jnp.where(over, tau / jnp.where(over, norms, 1.0), 1.0)
+    return row_clip_factors(norms, tau)
 
 
 def clipped_gossip(received: Array, weights: Array, own: Array, tau: Array) -> Array:

@@ -51,6 +51,13 @@ def scale_rows_to_norm(X: Array, norms: Array, max_norm: Array, target: Array | 
     return X * factor[:, None]
 
 
+def clip_factors(norms: Array, tau: Array) -> Array:
+    """``min(1, τ / ‖x_i‖)`` per row: the factor that brings a row of norm above ``τ`` to norm
+    ``τ`` (0 for an infinite norm), 1 for the others (a NaN norm included); never divides by 0."""
+    over = norms > tau
+    return jnp.where(over, tau / jnp.where(over, norms, 1.0), 1.0)
+
+
 def broadcast_row(v: Array, k: int) -> Array:
     """The ``[k, d]`` matrix whose rows all equal ``v`` ``[d]``."""
     return jnp.broadcast_to(v, (k, v.shape[-1]))

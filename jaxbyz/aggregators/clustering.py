@@ -48,7 +48,7 @@ from jax import lax
 
 from jaxbyz.aggregators.base import Rule
 from jaxbyz.aggregators.registry import register
-from jaxbyz.rows import HIGHEST, row_finite, row_norms, row_weighted_sum
+from jaxbyz.rows import HIGHEST, clip_factors, row_finite, row_norms, row_weighted_sum
 from jaxbyz.validation import number, reject_unknown
 
 Array = jax.Array
@@ -121,13 +121,17 @@ def median_of(values: Array) -> Array:
     return 0.5 * (s[(n - 1) // 2] + s[n // 2])
 
 
+def clipping_radius(norms: Array, finite: Array, max_tau: float) -> Array:
+    """``τ = min(med_i ‖g_i‖, max_tau)`` over the finite rows (``clippedclustering``)."""
+    return jnp.minimum(median_of(jnp.where(finite, norms, jnp.inf)), max_tau)
+
+
 def _clippedclustering(
     G: Array, f: int, *, key: Any = None, prev: Any = None, max_tau: float
 ) -> tuple[Array, Array]:
     finite = row_finite(G)
     norms = row_norms(G)
-    tau = jnp.minimum(median_of(jnp.where(finite, norms, jnp.inf)), max_tau)
-    factor = jnp.where(norms > tau, tau / jnp.where(norms > 0, norms, 1.0), 1.0)
+    factor = clip_factors(norms, clipping_radius(norms, finite, max_tau))
     accepted = largest_cluster(average_linkage_labels(cosine_distances(G, norms))) & finite
     weights = jnp.where(accepted, factor, 0.0).astype(G.dtype)
     return _mean_of(G, weights, accepted), accepted.astype(jnp.float32)

@@ -37,6 +37,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxbyz.aggregators.base import Rule
 from jaxbyz.aggregators.registry import register
@@ -60,20 +61,28 @@ def coordinate_subsets(key: Array, d: int, b: int, niters: int) -> Array:
     return draw(keys).astype(jnp.int32)
 
 
-def dnc_scores(X: Array, finite: Array) -> Array:
+def dnc_scores(X: Array, finite: Array, hold_direction: bool = False) -> Array:
     """``s_i = ((x_i - μ) · v)²`` up to a common positive factor; ``+Inf`` for rows not finite.
 
     ``X`` ``[n, b]`` (non-finite rows may hold anything); ``μ`` and ``v`` come from the finite
-    rows only.
+    rows only. ``hold_direction``: ``v`` (and the scale) held constant under differentiation,
+    the scores ``(c_i · Cᵀu)²`` (``λ²u_i²``: the same ranking), for a relaxation's gradient.
     """
     X = jnp.where(finite[:, None], X, 0.0)
     scale = jnp.max(jnp.abs(X))
+    scale = lax.stop_gradient(scale) if hold_direction else scale
     X = X / jnp.where(scale > 0, scale, 1.0)
     count = jnp.maximum(jnp.sum(finite), 1).astype(X.dtype)
     mu = row_weighted_sum(finite.astype(X.dtype), X) / count
     C = jnp.where(finite[:, None], X - mu, 0.0)
-    eigenvalues, eigenvectors = jnp.linalg.eigh(jnp.dot(C, C.T, precision=HIGHEST))
-    scores = jnp.maximum(eigenvalues[-1], 0.0) * jnp.square(eigenvectors[:, -1])
+    K = jnp.dot(C, C.T, precision=HIGHEST)
+    if hold_direction:
+        u = jnp.linalg.eigh(lax.stop_gradient(K))[1][:, -1]
+        v = lax.stop_gradient(jnp.dot(u, C, precision=HIGHEST))  # Cᵀu: the top direction
+        scores = jnp.square(jnp.dot(C, v, precision=HIGHEST))
+    else:
+        eigenvalues, eigenvectors = jnp.linalg.eigh(K)
+        scores = jnp.maximum(eigenvalues[-1], 0.0) * jnp.square(eigenvectors[:, -1])
     return jnp.where(finite, scores, jnp.inf)
 
 

@@ -252,26 +252,26 @@ def order_statistics(
 
 def _network(rows: tuple[Array, ...], wanted: tuple[int, ...]) -> tuple[Array, ...]:
     """The rows of ranks ``wanted`` by the pruned network's compare-exchanges."""
-    rows = list(rows)
-    for a, b in pruned_network(len(rows), wanted):
-        rows[a], rows[b] = jnp.minimum(rows[a], rows[b]), jnp.maximum(rows[a], rows[b])
-    return tuple(rows[r] for r in wanted)
+    return _network_with_sources(rows, wanted, sources=False)[0]
 
 
-def _network_sources(rows: tuple[Array, ...], wanted: tuple[int, ...]) -> tuple[Array, ...]:
-    """For each rank of ``wanted``, the ``[d]`` index of the input row each value comes from:
-    the same network carrying row indices, exchanged where ``x_a > x_b`` (ties keep the lower
-    index first)."""
+def _network_with_sources(
+    rows: tuple[Array, ...], wanted: tuple[int, ...], sources: bool = True
+) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
+    """The rows of ranks ``wanted`` and, with ``sources``, for each the ``[d]`` index of the
+    input row each value comes from: the network carrying row indices, exchanged where
+    ``x_a > x_b`` (ties keep the lower index first)."""
     values = list(rows)
-    sources = [jnp.full(rows[0].shape, i, jnp.int32) for i in range(len(rows))]
+    index = [jnp.full(rows[0].shape, i, jnp.int32) for i in range(len(rows))] if sources else []
     for a, b in pruned_network(len(rows), wanted):
-        swap = values[a] > values[b]
+        if sources:
+            swap = values[a] > values[b]
+            index[a], index[b] = (
+                jnp.where(swap, index[b], index[a]),
+                jnp.where(swap, index[a], index[b]),
+            )
         values[a], values[b] = jnp.minimum(values[a], values[b]), jnp.maximum(values[a], values[b])
-        sources[a], sources[b] = (
-            jnp.where(swap, sources[b], sources[a]),
-            jnp.where(swap, sources[a], sources[b]),
-        )
-    return tuple(sources[r] for r in wanted)
+    return tuple(values[r] for r in wanted), tuple(index[r] for r in wanted) if sources else ()
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
@@ -289,13 +289,14 @@ def _network_ranks_jvp(
     wanted: tuple[int, ...], primals: tuple, tangents: tuple
 ) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
     (rows,), (drows,) = primals, tangents
-    sources = lax.stop_gradient(_network_sources(rows, wanted))
+    values, sources = _network_with_sources(rows, wanted)
+    sources = lax.stop_gradient(sources)
     dtype = rows[0].dtype
     out = tuple(
         sum(jnp.where(src == i, jnp.asarray(dx, dtype), 0.0) for i, dx in enumerate(drows))
         for src in sources
     )
-    return _network(rows, wanted), out
+    return values, out
 
 
 def sum_ranks(S: Ranked, lo: int, hi: int) -> Array:

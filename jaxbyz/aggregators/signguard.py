@@ -57,7 +57,7 @@ from jax import lax
 from jaxbyz.aggregators.base import Rule
 from jaxbyz.aggregators.clustering import median_of
 from jaxbyz.aggregators.registry import register
-from jaxbyz.rows import row_finite, row_norms, row_weighted_sum
+from jaxbyz.rows import clip_factors, row_finite, row_norms, row_weighted_sum
 from jaxbyz.validation import integer, invalid, number, reject_unknown
 
 Array = jax.Array
@@ -133,6 +133,14 @@ def mean_shift(X: Array, h: Array, iters: int) -> Array:
     return member & (nearest == jnp.argmax(counts))
 
 
+def median_norm(G: Array) -> tuple[Array, Array, Array]:
+    """``(finite, norms, M)``: the finite rows, the rows' norms (``+Inf`` for a non-finite row)
+    and their median ``M``."""
+    finite = row_finite(G)
+    norms = jnp.where(finite, row_norms(G), jnp.inf)
+    return finite, norms, median_of(norms)
+
+
 def sign_cluster(
     G: Array, key: Array, fraction: float, quantile: float, bandwidth: float | None, iters: int
 ) -> Array:
@@ -161,13 +169,10 @@ def _signguard(
     bandwidth: float | None,
     iters: int,
 ) -> tuple[Array, Array]:
-    finite = row_finite(G)
-    norms = jnp.where(finite, row_norms(G), jnp.inf)
-    M = median_of(norms)
+    _, norms, M = median_norm(G)
     by_norm = (norms >= L * M) & (norms <= R * M)
     accepted = by_norm & sign_cluster(G, key, fraction, quantile, bandwidth, iters)
-    factor = jnp.where(norms > M, M / jnp.where(finite & (norms > 0), norms, 1.0), 1.0)
-    weights = jnp.where(accepted, factor, 0.0) / jnp.maximum(jnp.sum(accepted), 1)
+    weights = jnp.where(accepted, clip_factors(norms, M), 0.0) / jnp.maximum(jnp.sum(accepted), 1)
     aggregate = row_weighted_sum(weights, jnp.where(accepted[:, None], G, 0.0))
     return aggregate, accepted.astype(jnp.float32)
 

@@ -72,18 +72,18 @@ from jax import lax
 from jaxbyz.aggregators.brute import subsets
 from jaxbyz.aggregators.clustering import (
     average_linkage_labels,
+    clipping_radius,
     cosine_distances,
     largest_cluster,
-    median_of,
 )
 from jaxbyz.aggregators.coordinatewise import coordinate_median
 from jaxbyz.aggregators.distance import pairwise_sq_distances
-from jaxbyz.aggregators.dnc import coordinate_subsets
+from jaxbyz.aggregators.dnc import coordinate_subsets, dnc_scores
 from jaxbyz.aggregators.krum import bulyan_weights, krum_scores
-from jaxbyz.aggregators.signguard import sign_cluster
+from jaxbyz.aggregators.signguard import median_norm, sign_cluster
 from jaxbyz.aggregators.spectral import caf_pass, subset_top_eigenvalues
 from jaxbyz.attacks.adaptive import call_rule
-from jaxbyz.rows import HIGHEST, row_finite, row_norms, row_weighted_sum
+from jaxbyz.rows import HIGHEST, clip_factors, row_finite, row_norms
 
 Array = jax.Array
 
@@ -259,16 +259,9 @@ def relaxed_dnc(rule: Any, G: Array, f: int, *, key: Any, temperature: Any) -> A
     params = rule.params
     kept = n - math.floor(params["c"] * f)
     finite = row_finite(G)
-    count = jnp.maximum(jnp.sum(finite), 1).astype(G.dtype)
 
     def membership(r: Array) -> Array:
-        X = jnp.where(finite[:, None], jnp.take(G, r, axis=1), 0.0)
-        scale = lax.stop_gradient(jnp.max(jnp.abs(X)))
-        X = X / jnp.where(scale > 0, scale, 1.0)
-        C = jnp.where(finite[:, None], X - row_weighted_sum(finite.astype(X.dtype), X) / count, 0.0)
-        u = jnp.linalg.eigh(lax.stop_gradient(jnp.dot(C, C.T, precision=HIGHEST)))[1][:, -1]
-        v = lax.stop_gradient(jnp.dot(u, C, precision=HIGHEST))  # Cᵀu: the top direction
-        scores = jnp.where(finite, jnp.square(jnp.dot(C, v, precision=HIGHEST)), jnp.inf)
+        scores = dnc_scores(jnp.take(G, r, axis=1), finite, hold_direction=True)
         return soft_membership(scores, kept, temperature)
 
     coordinates = coordinate_subsets(key, d, min(params["subsample"], d), params["niters"])
@@ -293,8 +286,7 @@ def relaxed_clustering(rule: Any, G: Array, f: int, *, key: Any, temperature: An
     member = soft_below(-closer, 0.0, temperature)
     clip = jnp.ones_like(norms)
     if rule.name == "clippedclustering":
-        tau = jnp.minimum(median_of(jnp.where(finite, norms, jnp.inf)), rule.params["max_tau"])
-        clip = jnp.where(norms > tau, tau / jnp.where(norms > 0, norms, 1.0), 1.0)
+        clip = clip_factors(norms, clipping_radius(norms, finite, rule.params["max_tau"]))
     total = jnp.maximum(jnp.sum(member), jnp.finfo(G.dtype).tiny)
     return _weighted_average(member * clip / total, G)
 
@@ -302,16 +294,13 @@ def relaxed_clustering(rule: Any, G: Array, f: int, *, key: Any, temperature: An
 def relaxed_signguard(rule: Any, G: Array, f: int, *, key: Any, temperature: Any) -> Array:
     """Soft norm filter times the exact sign cluster, rows clipped to the median norm."""
     p = rule.params
-    finite = row_finite(G)
-    norms = jnp.where(finite, row_norms(G), jnp.inf)
-    M = median_of(norms)
+    _, norms, M = median_norm(G)
     ratio = norms / M
     by_norm = soft_below(ratio, p["R"], temperature) * soft_below(-ratio, -p["L"], temperature)
     cluster = sign_cluster(G, key, p["fraction"], p["quantile"], p["bandwidth"], p["iters"])
     w = by_norm * lax.stop_gradient(cluster).astype(G.dtype)
-    factor = jnp.where(norms > M, M / jnp.where(finite & (norms > 0), norms, 1.0), 1.0)
     total = jnp.maximum(jnp.sum(w), jnp.finfo(G.dtype).tiny)
-    return _weighted_average(w * factor / total, G)
+    return _weighted_average(w * clip_factors(norms, M) / total, G)
 
 
 def relaxed_caf(rule: Any, G: Array, f: int, *, key: Any, temperature: Any) -> Array:
