@@ -125,6 +125,24 @@ class Driver:
     def _steps(self, state: Any, hp: Any, data: dict, length: int) -> tuple[Any, dict]:
         return self.sim.steps(state, hp, data, length)
 
+    def _batched_steps(self, length: int) -> Any:
+        """The steps program over the batch. With an attack switch (:mod:`jaxbyz.structure`),
+        the branch index is taken from the first run, outside ``vmap``, so that only the chosen
+        branch runs (a batched index would compute every branch): the runs of one batch must
+        share their attack (the sweep batches each attack apart)."""
+        steps = self._vmapped(functools.partial(self._steps, length=length), (0, 0, None))
+        if self.batch is None or not self.sim.traced.switch:
+            return steps
+
+        def one(state: Any, hp: Any, data: dict, branch: Array) -> tuple[Any, dict]:
+            return self._steps(state, _with_branch(hp, branch), data, length)
+
+        def shared(state: Any, hp: Any, data: dict) -> tuple[Any, dict]:
+            branch = hp.structure["attack_branch"][0]
+            return jax.vmap(one, in_axes=(0, 0, None, None))(state, hp, data, branch)
+
+        return shared
+
     # -- compilation ----------------------------------------------------------------------------- #
 
     def abstract_state(self, key: Array) -> Any:
@@ -158,7 +176,7 @@ class Driver:
         once = ONCE_OPTIONS if jax.default_backend() == "cpu" else None
         lowered = {"start": jax.jit(self._vmapped(self._start, (0, None)), **kw).lower(key, data)}
         for length in sorted(lengths):
-            fn = self._vmapped(functools.partial(self._steps, length=length), (0, 0, None))
+            fn = self._batched_steps(length)
             step = jax.jit(fn, donate_argnums=0, **kw).lower(state, hp, data)
             lowered[f"steps[{length}]"] = step
         evaluate = jax.jit(self._vmapped(self._evaluate, (0, None))).lower(state, data)
@@ -192,6 +210,11 @@ class Driver:
         """The accuracy of ``state``, and the min, mean, max over a graph's nodes (else None)."""
         out = programs.evaluate(state, data)
         return out if self.sim.several_models else (out, None)
+
+
+def _with_branch(hp: Any, branch: Array) -> Any:
+    """``hp`` with the attack switch's branch index replaced by ``branch``."""
+    return hp._replace(structure={**hp.structure, "attack_branch": branch})
 
 
 # XLA CPU options of the programs run once per run or per segment (see Driver.compile)

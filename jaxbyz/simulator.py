@@ -495,6 +495,8 @@ class Simulation:
             return poisoned
         if self.traced.attack:
             return moment_attack(honest, self.byzantine, hp.structure)
+        if self.traced.switch:
+            return self._switched_attack(honest, key, hp, rule)
         return self.attack(
             honest,
             self.byzantine,
@@ -503,6 +505,27 @@ class Simulation:
             f_decl=self.config.nb_decl_byz,
             **hp.attack,
         )
+
+    def _switched_attack(self, honest: Array, key: Array, hp: HyperParams, rule: Any) -> Array:
+        """The rows of the attack switch's branch ``hp.structure["attack_branch"]``
+        (:mod:`jaxbyz.structure`); a branch with a fixed factor takes ``hp.attack["factor"]``.
+        Under ``vmap`` the index must be shared by the batch
+        (:class:`jaxbyz.driver.Driver` keeps it outside), or every branch is computed and one
+        selected."""
+        from jaxbyz.structure import switch_attacks
+
+        def branch(attack: Any, traced_factor: bool) -> Callable[[Array, Array], Array]:
+            traced = {"factor": hp.attack["factor"]} if traced_factor else {}
+
+            def rows(honest: Array, key: Array) -> Array:
+                f_decl = self.config.nb_decl_byz
+                return attack(honest, self.byzantine, key=key, rule=rule, f_decl=f_decl, **traced)
+
+            return rows
+
+        branches = [branch(*built) for built in switch_attacks(self.traced.switch)]
+        index = jnp.asarray(hp.structure["attack_branch"], jnp.int32)
+        return jax.lax.switch(index, branches, honest, key)
 
     def _moment_coefficients(self, hp: HyperParams) -> tuple[Any, Any]:
         """``(a, b)`` of a moment-family attack ``mu + a sigma + b mu`` (:mod:`jaxbyz.structure`):
@@ -747,11 +770,21 @@ def _check_traced(config: Config, traced: Traced) -> None:
     from jaxbyz.structure import traceable
 
     able = traceable(config)
-    for name in ("placement", "nesterov", "attack"):
+    for name in ("placement", "nesterov", "attack", "switch"):
         if getattr(traced, name) and not getattr(able, name):
             raise ValueError(
                 f"traced={traced}: the {name} of this configuration cannot be traced (attack "
                 f"{config.attack!r} {config.attack_args}); fix: leave {name} static"
+            )
+    if traced.switch:
+        from jaxbyz.structure import switch_attacks
+
+        built = switch_attacks(traced.switch)
+        poisoning = [a.name for a, _ in built if a.poison is not None]
+        if poisoning:
+            raise ValueError(
+                f"traced.switch: {poisoning} poison the data (their workers compute gradients), "
+                "not a branch of an attack switch; fix: give them programs of their own"
             )
 
 
@@ -771,7 +804,9 @@ def make_train(
     in as constants): ``jax.jit(jax.vmap(train, in_axes=(0, None, None)))(keys, None,
     train.data)``. With ``traced`` (:class:`jaxbyz.structure.Traced`), the placement, Nesterov
     or the moment attack are read from ``hparams.structure``: ``HyperParams.from_config`` of
-    each configuration gives them, and runs differing in them ``vmap`` together.
+    each configuration gives them, and runs differing in them ``vmap`` together. An attack
+    switch's branch (``structure["attack_branch"]``) should not be batched: under ``vmap`` a
+    batched index computes every branch (:class:`jaxbyz.driver.Driver` keeps it outside).
     """
     sim = make_simulation(config, dataset, mesh, traced)
 

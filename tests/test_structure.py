@@ -107,11 +107,14 @@ def test_moment_attack_equals_the_attack_exactly(spec):
 
 
 def test_which_choices_are_traceable():
-    assert structure.traceable(small()) == structure.Traced(True, True, True)
-    adaptive = small(attack_args={"factor": -4})  # a searched factor: a program of its own
-    assert not structure.traceable(adaptive).attack
+    spec = structure.attack_spec(small())
+    assert structure.traceable(small()) == structure.Traced(True, True, True, (spec,))
+    adaptive = small(attack_args={"factor": -4})  # a searched factor: a branch, not a moment
+    assert not structure.traceable(adaptive).attack and structure.traceable(adaptive).switch
     flip = small(attack="labelflip", attack_args={})  # its workers run the placement's stage
     assert structure.traceable(flip) == structure.Traced(False, True, False)
+    rounds = small(attack="signflip", attack_args={}, nb_local_steps=2)  # federated rounds
+    assert structure.traceable(rounds).switch == ()
     assert structure.attack_moments("little", {"factor": 2, "negative": False}) == (2.0, 0.0)
     assert structure.attack_moments("empire", {"factor": 1.1}) == (0.0, -1.1)
     assert structure.attack_moments("signflip", {"scale": 1.0}) is None
@@ -176,3 +179,121 @@ def test_traced_program_equals_dedicated_programs(combos):
             )
     # the six runs are not one run: the choices really change the trajectory
     assert len({np.asarray(t).tobytes() for t in together["theta"]}) == len(configs)
+
+
+# ---------------------------------------------------------------------------------------------- #
+# The attack switch: attacks outside the moment family in one program
+
+
+SWITCH_GRID = """
+name = "switch"
+dataset = "synthetic"
+nb_workers = 9
+nb_decl_byz = 2
+gar = "median"
+batch_size = 16
+nb_steps = 8
+evaluation_delta = 4
+learning_rate = 0.1
+momentum = 0.9
+gradient_clip = 1.0
+momentum_at = ["update", "worker"]
+baseline = false
+
+[[axis.attack]]
+attack = "signflip"
+
+[[axis.attack]]
+attack = "minmax"
+
+[[axis.attack]]
+attack = "gaussian"
+
+[[axis.attack]]
+attack = "little"
+attack_args = { factor = 0.5 }
+
+[[axis.attack]]
+attack = "little"
+attack_args = { factor = 1.5 }
+
+[[axis.attack]]
+attack = "labelflip"
+"""
+
+
+def test_attack_switch_groups_attacks_and_batches_each_apart(tmp_path):
+    """Attacks on the submitted vectors share one program (a switch), a data-poisoning attack
+    keeps programs of its own; each batch holds one branch; ``little``'s two factors share a
+    branch (a traced number)."""
+    path = tmp_path / "switch.toml"
+    path.write_text(SWITCH_GRID)
+    grid = grid_lib.load_grid(path)
+    programs = grid_lib.group_programs(grid.runs)
+    assert len(grid.runs) == 12 and len(programs) == 3  # the switch; labelflip per placement
+    switch = next(p for p in programs if p.traced.switch)
+    assert len(switch.traced.switch) == 4 and switch.traced.placement
+    assert "vs 4 attacks" in switch.label
+    batches = switch.batches(8)
+    assert [len(b) for b in batches] == [2, 2, 2, 4]
+    for batch in batches:
+        assert len({switch.branch(r) for r in batch}) == 1
+    assert len(grid_lib.group_programs(grid.runs, trace_structure=False)) == 12 - 2
+    assert structure.traceable(small(attack="labelflip", attack_args={})).switch == ()
+    assert structure.switch_factor(small(attack_args={"factor": 2})) == 2.0
+    assert structure.switch_factor(small(attack_args={"factor": -4})) == 0.0  # a search
+    ((little, traced),) = structure.switch_attacks((structure.attack_spec(small()),))
+    assert little.name == "little" and traced and little.params["negative"]
+    assert structure.attack_spec(small(attack_args={"factor": -4})) != structure.attack_spec(
+        small(attack_args={"factor": 2})
+    )
+
+
+SMALL_SWITCH = SWITCH_GRID.replace('[[axis.attack]]\nattack = "gaussian"\n\n', "").split(
+    '[[axis.attack]]\nattack = "labelflip"'
+)[0]
+
+
+@pytest.mark.parametrize(
+    "text, overrides, max_batch",
+    [
+        (SMALL_SWITCH, {"momentum_at": "worker"}, 8),
+        pytest.param(SWITCH_GRID, {}, 8, marks=pytest.mark.slow),
+        pytest.param(SWITCH_GRID, {}, 1, marks=pytest.mark.slow),
+    ],
+    ids=["three-attacks", "all-batched", "all-one-run-batches"],
+)
+def test_attack_switch_sweep_equals_dedicated_programs(tmp_path, text, overrides, max_batch):
+    """The same grid run with the switch and with one program per attack: best accuracies within
+    one test example, final losses and variance-norm ratios within 1e-4 relative (the tolerance
+    of the traced placement: vmapped and single programs round differently; in practice equal
+    to 1e-7); the attacks really differ. Each branch must get its own run's factor: ``little``
+    at 0.5 and 1.5 share a branch."""
+    import pandas as pd
+
+    from jaxbyz.experiments import runner
+
+    path = tmp_path / "switch.toml"
+    path.write_text(text)
+    grid = grid_lib.load_grid(path, overrides)
+    datasets = {("synthetic", None): DATA}
+    tables = {}
+    for traced in (True, False):
+        store = runner.Store(tmp_path / f"out-{traced}")
+        sweep = runner.Sweep(
+            grid,
+            store,
+            max_batch=max_batch,
+            progress=False,
+            log=lambda _: None,
+            trace_structure=traced,
+            datasets=datasets,
+        )
+        assert sweep.run().failed == 0
+        tables[traced] = pd.read_csv(store.root / "runs.csv").set_index("run_id").sort_index()
+    switch, dedicated = tables[True], tables[False]
+    assert list(switch.index) == list(dedicated.index)
+    np.testing.assert_allclose(switch["best_accuracy"], dedicated["best_accuracy"], atol=1.01 / 300)
+    for column in ("final_loss", "mean_ratio"):
+        np.testing.assert_allclose(switch[column], dedicated[column], rtol=1e-4, err_msg=column)
+    assert len(set(switch["final_loss"].round(6))) == len(switch)

@@ -32,9 +32,10 @@ accuracy is the reference ``ref`` of the paper's headline statistic.
 
 Runs that differ only in traced hyper-parameters (:class:`jaxbyz.config.HyperParams`: learning
 rate, momentum, dampening, regularisation factors, weight decay, attack factor), seed and
-structure choices (the momentum placement, Nesterov, a moment-family attack:
-:mod:`jaxbyz.structure`) share one compiled program (``program_key``; ``trace_structure=False``
-keeps one program per structure choice).
+structure choices (the momentum placement, Nesterov, the attack: moment-family coefficients or
+a switch, :mod:`jaxbyz.structure`) share one compiled program (``program_key``;
+``trace_structure=False`` keeps one program per structure choice); a switch's runs are batched
+per attack (:meth:`Program.batches`).
 
 Checks. :func:`load_grid` and :func:`expand` check a grid completely before anything runs (so
 does ``--dry-run``), and refuse it with one :class:`GridError` (a ValueError) of one line that
@@ -217,14 +218,14 @@ def program_key(config: Config, trace_structure: bool = True) -> str:
     stays when it draws the honest workers' partition, ``--partition``, or the server's root set,
     host-side arrays); of the gated ones, only whether they are on. With ``trace_structure``,
     so are the structure choices ``config`` can take as traced values (the placement, Nesterov,
-    a moment-family attack: :mod:`jaxbyz.structure`)."""
+    an attack on the submitted vectors: :mod:`jaxbyz.structure`)."""
     from jaxbyz.data import partition_uses_seed
 
     payload = identity_dict(config)
     if trace_structure:
         able = structure.traceable(config)
         for choice, fields in structure.FIELDS.items():
-            if getattr(able, choice):
+            if getattr(able, choice) or (choice == "attack" and able.switch):
                 for name in fields:
                     payload.pop(name, None)
                 payload[f"traced_{choice}"] = True
@@ -294,10 +295,28 @@ class Program:
         tail += setting_tag(c).replace("-", " ")
         if self.runs[0].role == "baseline":
             return f"{c.dataset} average n={c.nb_workers}{tail}"
+        switch = self.traced.switch
+        attacks = f"{len(switch)} attacks" if switch else values("attack")
         return (
-            f"{c.dataset} {c.gar} vs {values('attack')} n={c.nb_workers} f={c.nb_decl_byz} "
+            f"{c.dataset} {c.gar} vs {attacks} n={c.nb_workers} f={c.nb_decl_byz} "
             f"at {values('momentum_at')}{tail}"
         )
+
+    def batches(self, max_batch: int) -> list[list[Run]]:
+        """The runs in batches of at most ``max_batch`` (:func:`chunks`); with an attack switch,
+        each attack's runs apart, since the runs of a batch share the switch's branch."""
+        switch = self.traced.switch
+        if not switch:
+            return chunks(self.runs, max_batch)
+        by_branch: dict[str, list[Run]] = {spec: [] for spec in switch}
+        for run in self.runs:
+            by_branch[structure.attack_spec(run.config)].append(run)
+        return [batch for runs in by_branch.values() for batch in chunks(runs, max_batch)]
+
+    def branch(self, run: Run) -> int:
+        """The index of ``run``'s attack among the program's switch branches (0 without one)."""
+        switch = self.traced.switch
+        return switch.index(structure.attack_spec(run.config)) if switch else 0
 
 
 def group_programs(runs: Iterable[Run], trace_structure: bool = True) -> list[Program]:

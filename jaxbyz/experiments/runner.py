@@ -31,9 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbyz import data as data_lib
+from jaxbyz import structure
 from jaxbyz.config import Config, HyperParams
 from jaxbyz.driver import Driver, Programs, concatenate_studies
-from jaxbyz.experiments.grid import Grid, Program, Run, chunks, group_programs
+from jaxbyz.experiments.grid import Grid, Program, Run, group_programs
 from jaxbyz.experiments.storage import Curves, Store
 from jaxbyz.experiments.summaries import config_row, error_result, segment_means, summarize
 from jaxbyz.resources import check_memory
@@ -80,6 +81,15 @@ def stack_inputs(runs: Sequence[Run], hparams: Sequence[HyperParams], device: ja
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
     stacked = jax.tree.map(lambda *v: np.asarray(v, np.float32), *hparams)
     return jax.device_put((keys, stacked), device)
+
+
+def _switch_hparams(hp: HyperParams, program: Program, run: Run) -> HyperParams:
+    """``hp`` of ``run`` in ``program``'s attack switch: its branch, and ``attack`` holding only
+    ``factor`` (the run's fixed factor, 0 for one without: the same fields for every run)."""
+    return hp._replace(
+        attack={"factor": np.float32(structure.switch_factor(run.config))},
+        structure={**hp.structure, "attack_branch": np.int32(program.branch(run))},
+    )
 
 
 def dispatch(driver: Driver, programs: Programs, data: dict, keys: jax.Array, hp: HyperParams):
@@ -178,7 +188,7 @@ class Sweep:
         they are loaded here, a damaged part moved aside with one warning (``log``).
         ``datasets``: data sets already loaded, by ``(dataset, data_dir)`` (the others are
         loaded when a program first needs them). ``trace_structure``: runs differing only in
-        their placement, Nesterov or moment attack share a program (:mod:`jaxbyz.structure`);
+        their placement, Nesterov or attack share a program (:mod:`jaxbyz.structure`);
         False compiles one program for each."""
         self.grid, self.store, self.max_batch = grid, store, max_batch
         self.trace_structure = trace_structure
@@ -221,7 +231,7 @@ class Sweep:
     def plan(self) -> list[tuple[Program, list[list[Run]]]]:
         """The programs of the pending runs and their batches."""
         programs = group_programs(self.pending(), self.trace_structure)
-        return [(p, chunks(p.runs, self.max_batch)) for p in programs]
+        return [(p, p.batches(self.max_batch)) for p in programs]
 
     # -- execution ---------------------------------------------------------------------------- #
 
@@ -328,6 +338,8 @@ class Sweep:
         hparams = {r.id: HyperParams.from_config(r.config, attacks[r.id]) for r in program.runs}
         if traced.attack:  # the attacks' own numbers are replaced by the moment coefficients
             hparams = {i: hp._replace(attack={}) for i, hp in hparams.items()}
+        if traced.switch:  # each run's branch, and a fixed factor as a traced number
+            hparams = {r.id: _switch_hparams(hparams[r.id], program, r) for r in program.runs}
         return {
             "sim": sim,
             "hparams": hparams,

@@ -111,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--dedicated-programs",
         action="store_true",
         help="compile one program per momentum placement, Nesterov setting and attack; by "
-        "default runs differing only in those (attacks of the form mu + a sigma + b mu: little, "
-        "empire with fixed factors) share one program, the choices traced values",
+        "default runs differing only in those share one program, the choices traced values "
+        "(attacks of the form mu + a sigma + b mu as coefficients, other attacks on the "
+        "submitted vectors as branches of a switch, batched per attack)",
     )
     add("--dry-run", action="store_true", help="list the runs and programs; compile nothing")
     add(
