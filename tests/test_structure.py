@@ -249,9 +249,12 @@ def test_attack_switch_groups_attacks_and_batches_each_apart(tmp_path):
     )
 
 
-SMALL_SWITCH = SWITCH_GRID.replace('[[axis.attack]]\nattack = "gaussian"\n\n', "").split(
-    '[[axis.attack]]\nattack = "labelflip"'
-)[0]
+SMALL_SWITCH = (
+    SWITCH_GRID.replace('[[axis.attack]]\nattack = "gaussian"\n\n', "")
+    .replace('gar = "median"', 'gar = "average"')
+    .replace("nb_steps = 8", "nb_steps = 4")
+    .split('[[axis.attack]]\nattack = "labelflip"')[0]
+)
 
 
 @pytest.mark.parametrize(
