@@ -89,8 +89,8 @@ def test_zero_temperature_is_the_exact_rule(label):
     "label",
     [
         "dnc",
-        "clustering",
-        "signguard",
+        pytest.param("clustering", marks=pytest.mark.slow),
+        pytest.param("signguard", marks=pytest.mark.slow),
         pytest.param("clippedclustering", marks=pytest.mark.slow),
         pytest.param("smea", marks=pytest.mark.slow),
     ],

@@ -73,11 +73,21 @@ def test_every_rule_agrees_on_sharded_inputs():
     assert set(rules) == set(aggregators.names())
 
 
-@pytest.mark.parametrize(
-    "run", ["median-little-worker", "krum-little-worker", "bulyan-empire-update"]
-)
+@pytest.mark.parametrize("run", ["median-little-worker", "bulyan-empire-update"])
 def test_sharded_run_matches_one_device(report, run):
-    result = report["runs"][run]
+    check_run(report["runs"][run])
+
+
+@pytest.mark.slow
+def test_every_sharded_run_matches_one_device():
+    runs = sharded_check("--all-runs")["runs"]
+    assert set(runs) == {"median-little-worker", "bulyan-empire-update", "krum-little-worker"}
+    for result in runs.values():
+        check_run(result)
+
+
+def check_run(result: dict) -> None:
+    """A sharded run's step-by-step discrepancies with the one-device run are rounding."""
     assert result["theta_differing"] <= 0.01, result
     assert result["study"] <= 1e-3, result
     assert result["accuracy"] == 0.0, result
