@@ -301,3 +301,15 @@ def test_attack_switch_sweep_equals_dedicated_programs(tmp_path, text, overrides
     for column in ("final_loss", "mean_ratio"):
         np.testing.assert_allclose(switch[column], dedicated[column], rtol=1e-4, err_msg=column)
     assert len(set(switch["final_loss"].round(6))) == len(switch)
+
+
+def test_defenses_vs_attacks_is_122_programs():
+    """Per rule and f, one switch program for the 15 attacks on the submitted vectors (both
+    placements traced) and one ``labelflip`` program per placement; two baselines: 20 x 2 x 3 +
+    2 = 122 programs for 1,282 runs."""
+    grid = grid_lib.load_grid("defenses-vs-attacks")
+    programs = grid_lib.group_programs(grid.runs)
+    assert len(grid.runs) == 1282 and len(programs) == 122
+    switches = [p for p in programs if p.traced.switch]
+    assert len(switches) == 40 and {len(p.traced.switch) for p in switches} == {15}
+    assert all(len(b) == 2 for p in switches for b in p.batches(8))  # one attack, 2 placements
