@@ -31,14 +31,15 @@ RULE_F = {"bulyan": 2, "brute": 2, "smea": 2}
 # clustering, trust): what CI checks; ``--all-rules`` checks every registered rule
 FAMILIES = ("median", "trmean", "krum", "bulyan", "smea", "geomed", "cclip", "dnc", "clustering",
             "caf", "fltrust")  # fmt: skip
-RUNS = {
-    "median-little-worker": dict(gar="median", attack="little", momentum_at="worker"),
+RUNS = {"median-little-worker": dict(gar="median", attack="little", momentum_at="worker")}
+# with ``--all-runs`` (a slow test): Krum's distances and Bulyan's subsets on split rows, as
+# whole steps
+MORE_RUNS = {
+    "krum-little-worker": dict(gar="krum", attack="little", momentum_at="worker"),
     "bulyan-empire-update": dict(
         gar="bulyan", attack="empire", momentum_at="update", nb_decl_byz=3
     ),
 }
-# with ``--all-runs`` (a slow test): Krum's distances on split rows, as a whole step
-MORE_RUNS = {"krum-little-worker": dict(gar="krum", attack="little", momentum_at="worker")}
 
 
 def relative_error(a: np.ndarray, b: np.ndarray) -> float:

@@ -212,7 +212,7 @@ def _ours(H, v, *, f, rule):
     return adaptive.maximize(functools.partial(_objective, H, v, f=f, rule=rule), 16, 4)[1]
 
 
-@pytest.mark.parametrize("rule_name", ["krum", "median"])
+@pytest.mark.parametrize("rule_name", [pytest.param("krum", marks=pytest.mark.slow), "median"])
 def test_adaptive_against_paper_search(rule_name):
     """Our vectorised search vs. a faithful re-implementation of the paper's sequential one.
 

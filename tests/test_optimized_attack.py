@@ -87,10 +87,12 @@ def test_objective_against_numpy(objective, rule):
     ("rule_name", "objective", "starts"),
     [
         ("median", "deviation", ("little", "empire")),
-        ("trmean", "deviation", ("little", "empire")),
-        ("krum", "deviation", ("little", "empire", "minmax", "minsum")),
+        pytest.param("trmean", "deviation", ("little", "empire"), marks=pytest.mark.slow),
+        pytest.param(
+            "krum", "deviation", ("little", "empire", "minmax", "minsum"), marks=pytest.mark.slow
+        ),
         ("cclip", "cosine", ("little", "empire")),
-        ("geomed", "deviation", ("little", "empire")),
+        pytest.param("geomed", "deviation", ("little", "empire"), marks=pytest.mark.slow),
     ],
 )
 def test_never_weaker_than_its_starts(rule_name, objective, starts):

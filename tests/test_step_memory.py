@@ -18,7 +18,9 @@ from jaxbyz.simulator import make_simulation
 MATRICES = 3  # measured: 1.5 (average, median), 1.75 (krum), 2.0 (bulyan) at n = 256 and 1024
 
 
-@pytest.mark.parametrize("rule", ["average", "median", "krum", "bulyan"])
+@pytest.mark.parametrize(
+    "rule", ["average", "median", "krum", pytest.param("bulyan", marks=pytest.mark.slow)]
+)
 def test_step_temporaries_are_a_few_worker_matrices(rule):
     n, f = 256, 63
     config = Config(

@@ -254,6 +254,7 @@ SMALL_SWITCH = (
     .replace('[[axis.attack]]\nattack = "signflip"\n\n', "")
     .replace('gar = "median"', 'gar = "average"')
     .replace("nb_steps = 8", "nb_steps = 4")
+    .replace("baseline = false", "baseline = false\nseed = [1, 2]")
     .split('[[axis.attack]]\nattack = "labelflip"')[0]
 )
 
@@ -261,7 +262,7 @@ SMALL_SWITCH = (
 @pytest.mark.parametrize(
     "text, overrides, max_batch",
     [
-        (SMALL_SWITCH, {"momentum_at": "worker"}, 8),
+        (SMALL_SWITCH, {"momentum_at": "worker"}, 2),  # one batch size: batches of 2
         pytest.param(SWITCH_GRID, {}, 8, marks=pytest.mark.slow),
         pytest.param(SWITCH_GRID, {}, 1, marks=pytest.mark.slow),
     ],
