@@ -275,9 +275,10 @@ class Program:
     def id(self) -> str:
         return hashlib.sha1(self.key.encode()).hexdigest()[:10]
 
-    @property
+    @functools.cached_property
     def traced(self) -> structure.Traced:
-        """The structure choices its runs differ in, traced values of the program."""
+        """The structure choices its runs differ in, traced values of the program (computed
+        once: each run's batch and branch read it)."""
         return structure.varying([r.config for r in self.runs])
 
     @property
