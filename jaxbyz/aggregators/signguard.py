@@ -133,12 +133,10 @@ def mean_shift(X: Array, h: Array, iters: int) -> Array:
     return member & (nearest == jnp.argmax(counts))
 
 
-def median_norm(G: Array) -> tuple[Array, Array, Array]:
-    """``(finite, norms, M)``: the finite rows, the rows' norms (``+Inf`` for a non-finite row)
-    and their median ``M``."""
-    finite = row_finite(G)
-    norms = jnp.where(finite, row_norms(G), jnp.inf)
-    return finite, norms, median_of(norms)
+def median_norm(G: Array) -> tuple[Array, Array]:
+    """``(norms, M)``: the rows' norms (``+Inf`` for a non-finite row) and their median ``M``."""
+    norms = jnp.where(row_finite(G), row_norms(G), jnp.inf)
+    return norms, median_of(norms)
 
 
 def sign_cluster(
@@ -169,7 +167,7 @@ def _signguard(
     bandwidth: float | None,
     iters: int,
 ) -> tuple[Array, Array]:
-    _, norms, M = median_norm(G)
+    norms, M = median_norm(G)
     by_norm = (norms >= L * M) & (norms <= R * M)
     accepted = by_norm & sign_cluster(G, key, fraction, quantile, bandwidth, iters)
     weights = jnp.where(accepted, clip_factors(norms, M), 0.0) / jnp.maximum(jnp.sum(accepted), 1)

@@ -294,7 +294,7 @@ def relaxed_clustering(rule: Any, G: Array, f: int, *, key: Any, temperature: An
 def relaxed_signguard(rule: Any, G: Array, f: int, *, key: Any, temperature: Any) -> Array:
     """Soft norm filter times the exact sign cluster, rows clipped to the median norm."""
     p = rule.params
-    _, norms, M = median_norm(G)
+    norms, M = median_norm(G)
     ratio = norms / M
     by_norm = soft_below(ratio, p["R"], temperature) * soft_below(-ratio, -p["L"], temperature)
     cluster = sign_cluster(G, key, p["fraction"], p["quantile"], p["bandwidth"], p["iters"])
