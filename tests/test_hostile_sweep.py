@@ -337,6 +337,45 @@ def test_resume_after_damage_recomputes_the_same_numbers(out, argv, capsys):
     assert "runs recorded: 4 of 4" in _recorded(out) and not (out / ".lock").exists()
 
 
+def test_a_folder_without_parts_resumes_from_its_tables(out, argv, capsys):
+    """A results folder kept without ``parts/`` (committed tables of a sweep cut short): the
+    sweep adopts the runs of ``runs.csv`` and ``curves.csv.gz``, computes only the others, and
+    its rebuilt tables hold every run, the adopted ones unchanged."""
+    before_rows, before_curves = Store(out).load()
+    shutil.rmtree(out / "parts")
+    table = pd.read_csv(out / "runs.csv", dtype={"run_id": str})
+    kept = set(table["run_id"][:2])
+    table[table["run_id"].isin(kept)].to_csv(out / "runs.csv", index=False)
+    assert sweep_cli.main(argv(out, "--dry-run")) == 0
+    assert "2 runs already done; 2 to run" in capsys.readouterr().out
+    assert not (out / "parts").exists()  # a dry run writes nothing
+    assert sweep_cli.main(argv(out)) == 0
+    note = [x for x in capsys.readouterr().err.splitlines() if "holds no part" in x]
+    assert note == [
+        f"note: {out / 'parts'} holds no part: the 2 runs of {out / 'runs.csv'} count as "
+        "finished (their rows and curves now stored as parts)"
+    ]
+    rows, curves = Store(out).load()
+    assert set(rows) == set(before_rows) and len(pd.read_csv(out / "runs.csv")) == 4
+    for run_id in before_rows:
+        for column in RESULTS:
+            assert rows[run_id][column] == before_rows[run_id][column], (run_id, column)
+        for field in ("steps", "accuracy", "loss", "ratio", "sampled_ratio"):
+            np.testing.assert_array_equal(
+                getattr(curves[run_id], field), getattr(before_curves[run_id], field)
+            )
+    adopted = [p for p in _parts(out) if {r["run_id"] for r in _rows(p)} == kept]
+    assert len(adopted) == 1 and len(_parts(out)) == 2  # the adopted runs, the computed batch
+
+
+def test_unreadable_tables_without_parts_adopt_nothing(out):
+    shutil.rmtree(out / "parts")
+    (out / "runs.csv").write_bytes(b"\x00\xff garbage \x00")
+    store = Store(out)
+    assert store.load() == ({}, {}) and store.adoption_line() is None
+    assert not (out / "parts").exists()
+
+
 # --------------------------------------------------------------------------------------------- #
 # Damaged tables and metadata: named, rebuilt or ignored
 

@@ -11,6 +11,8 @@ run) and the curves ``curves.csv.gz`` (per run and evaluation step: top-1 accura
 loss, variance-norm ratio of the honest submissions and of the sampled gradients over the steps
 since the previous evaluation) are rebuilt from the parts; ``sweep.json`` holds the sweep's
 metadata (the grid's run ids, the session history); a damaged one is moved aside and rebuilt.
+A folder kept without ``parts/`` (its tables committed, the working files not) resumes from its
+tables: their runs are stored as parts and count as finished.
 
 One sweep at a time writes a folder: :meth:`Store.lock` takes ``.lock`` (the PID, host and
 command of the holder), taken over when its process no longer runs.
@@ -92,6 +94,7 @@ class Store:
         self.damaged_dir = self.parts / "damaged"
         self.damaged: list[Damaged] = []  # the parts the last load() could not read
         self.meta_damaged: Damaged | None = None  # sweep.json, if read_meta() could not read it
+        self.adopted = 0  # the runs the last load() took from the tables (no parts/)
 
     # -- parts -------------------------------------------------------------------------------- #
 
@@ -127,8 +130,9 @@ class Store:
         rows: dict[str, dict[str, Any]] = {}
         curves: dict[str, Curves] = {}
         self.damaged = []
-        if not self.parts.is_dir():
-            return rows, curves
+        self.adopted = 0
+        if not self._has_parts():
+            return self._adopt_tables(write=quarantine)
         for stale in self.parts.glob(".*.tmp"):  # writes cut short by a kill
             match = _TMP.match(stale.name)
             if match and stale.is_file() and not _alive(match.group(1)):
@@ -147,6 +151,56 @@ class Store:
             for item in self.damaged:
                 item.moved = _move_aside(item.path, self.damaged_dir)
         return rows, curves
+
+    def _has_parts(self) -> bool:
+        return self.parts.is_dir() and any(self.parts.glob("*.npz"))
+
+    def _adopt_tables(self, write: bool) -> tuple[dict[str, dict[str, Any]], dict[str, Curves]]:
+        """The runs of ``runs.csv`` and ``curves.csv.gz`` when the folder has no ``parts/``.
+
+        A folder copied or committed without its parts (they are the sweep's working files;
+        the tables are what one keeps) would otherwise have every run computed again, and the
+        first batch's rebuilt tables would hold only the new runs. The tables are read back as
+        the parts' rows and curves and, with ``write``, stored as parts (grouped by evaluation
+        steps), so the sweep resumes where the tables end; ``self.adopted`` counts the runs.
+        Unreadable tables adopt nothing (they are rebuilt from the new parts)."""
+        table_path, curves_path = self.root / "runs.csv", self.root / "curves.csv.gz"
+        if not table_path.is_file():
+            return {}, {}
+        try:
+            _check_runs_csv(table_path)
+            table = pd.read_csv(
+                table_path,
+                dtype={"reason": str, "run_id": str},
+                keep_default_na=False,
+                na_values=[""],
+            )
+        except Exception:
+            return {}, {}
+        rows = {
+            str(record["run_id"]): {k: _python_value(v) for k, v in record.items()}
+            for record in table.to_dict("records")
+        }
+        curves = _read_curves(curves_path, set(rows))
+        self.adopted = len(rows)
+        if write and rows:
+            by_steps: dict[tuple, list[str]] = {}
+            for run_id in rows:
+                steps = curves[run_id].steps if run_id in curves else ()
+                by_steps.setdefault(tuple(int(s) for s in steps), []).append(run_id)
+            for ids in by_steps.values():
+                self.write_part([rows[i] for i in ids], {i: curves[i] for i in ids if i in curves})
+        return rows, curves
+
+    def adoption_line(self) -> str | None:
+        """One line saying that the last :meth:`load` took its runs from the tables."""
+        if not getattr(self, "adopted", 0):
+            return None
+        stored = " (their rows and curves now stored as parts)" if self._has_parts() else ""
+        return (
+            f"note: {self.parts} holds no part: the {self.adopted} runs of "
+            f"{self.root / 'runs.csv'} count as finished{stored}"
+        )
 
     def damage_line(self, tail: str = "") -> str | None:
         """One warning line naming the parts the last :meth:`load` could not read."""
@@ -420,6 +474,34 @@ def _check_curves(path: Path) -> None:
             raise ValueError(f"unexpected columns {header[:6]}")
         while fd.read(1 << 20):  # the whole stream: a truncated or garbled one fails its CRC
             pass
+
+
+def _python_value(value: Any) -> Any:
+    """A ``runs.csv`` cell as the parts hold it: empty cells ``None``, NumPy scalars Python's."""
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _read_curves(path: Path, run_ids: set[str]) -> dict[str, Curves]:
+    """The curves of ``curves.csv.gz`` for ``run_ids`` (none when it is missing or unreadable)."""
+    try:
+        _check_curves(path)
+        frame = pd.read_csv(path, dtype={"run_id": str})
+    except Exception:
+        return {}
+    if "sampled_ratio" not in frame.columns:
+        frame["sampled_ratio"] = np.nan
+    found = {}
+    for run_id, group in frame.groupby("run_id", sort=False):
+        if run_id not in run_ids:
+            continue
+        group = group.sort_values("step")
+        found[run_id] = Curves(
+            steps=group["step"].to_numpy(np.int64),
+            **{k: group[k].to_numpy(np.float32) for k in CURVE_ARRAYS},
+        )
+    return found
 
 
 def _reason(err: BaseException) -> str:

@@ -184,6 +184,7 @@ def load_parts(
     """The store's recorded runs and curves, a damaged part named in one warning line (or, with
     ``empty_is_error`` and nothing readable, in the one error line)."""
     rows, curves = store.load(quarantine=quarantine)
+    warn(store.adoption_line())
     line = store.damage_line(tail)
     if line is not None and empty_is_error and not rows:
         raise ValueError(
