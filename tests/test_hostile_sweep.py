@@ -158,6 +158,18 @@ def _report_only(folder: Path, capsys, *extra: str) -> str:
     return _warning(capsys.readouterr().err)
 
 
+def _assert_same_runs(recorded: tuple, expected: tuple) -> None:
+    """The same results and curves, bitwise, for every run of ``expected``."""
+    (rows, curves), (before_rows, before_curves) = recorded, expected
+    for run_id in before_rows:
+        for column in RESULTS:
+            assert rows[run_id][column] == before_rows[run_id][column], (run_id, column)
+        for field in ("steps", "accuracy", "loss", "ratio", "sampled_ratio"):
+            np.testing.assert_array_equal(
+                getattr(curves[run_id], field), getattr(before_curves[run_id], field)
+            )
+
+
 def _arrays(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as part:
         return {k: part[k] for k in part.files}
@@ -323,14 +335,7 @@ def test_resume_after_damage_recomputes_the_same_numbers(out, argv, capsys):
     table = pd.read_csv(out / "runs.csv")
     assert len(table) == 4 and table["run_id"].is_unique
     assert set(table["run_id"]) == set(before_rows)
-    rows, curves = Store(out).load()
-    for run_id in before_rows:
-        for column in RESULTS:
-            assert rows[run_id][column] == before_rows[run_id][column], (run_id, column)
-        for field in ("steps", "accuracy", "loss", "ratio", "sampled_ratio"):
-            np.testing.assert_array_equal(
-                getattr(curves[run_id], field), getattr(before_curves[run_id], field)
-            )
+    _assert_same_runs(Store(out).load(), (before_rows, before_curves))
     new = [p for p in _parts(out) if p != good]
     assert len(new) == 1 and {r["run_id"] for r in _rows(new[0])} == damaged_ids
     assert (out / "parts" / "damaged" / bad.name).exists()
@@ -355,15 +360,9 @@ def test_a_folder_without_parts_resumes_from_its_tables(out, argv, capsys):
         f"note: {out / 'parts'} holds no part: the 2 runs of {out / 'runs.csv'} count as "
         "finished (their rows and curves now stored as parts)"
     ]
-    rows, curves = Store(out).load()
-    assert set(rows) == set(before_rows) and len(pd.read_csv(out / "runs.csv")) == 4
-    for run_id in before_rows:
-        for column in RESULTS:
-            assert rows[run_id][column] == before_rows[run_id][column], (run_id, column)
-        for field in ("steps", "accuracy", "loss", "ratio", "sampled_ratio"):
-            np.testing.assert_array_equal(
-                getattr(curves[run_id], field), getattr(before_curves[run_id], field)
-            )
+    recorded = Store(out).load()
+    assert set(recorded[0]) == set(before_rows) and len(pd.read_csv(out / "runs.csv")) == 4
+    _assert_same_runs(recorded, (before_rows, before_curves))
     adopted = [p for p in _parts(out) if {r["run_id"] for r in _rows(p)} == kept]
     assert len(adopted) == 1 and len(_parts(out)) == 2  # the adopted runs, the computed batch
 
