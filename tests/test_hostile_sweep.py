@@ -367,10 +367,16 @@ def test_a_folder_without_parts_resumes_from_its_tables(out, argv, capsys):
     assert len(adopted) == 1 and len(_parts(out)) == 2  # the adopted runs, the computed batch
 
 
-def test_unreadable_tables_without_parts_adopt_nothing(out):
+def test_tables_are_adopted_only_without_parts_and_only_when_readable(out):
+    """Parts moved aside as damaged are the sweep's own (their runs are computed again); an
+    unreadable ``runs.csv`` adopts nothing and writes nothing."""
+    for part in _parts(out):
+        part.write_bytes(b"")
+    store = Store(out)
+    assert store.load() == ({}, {}) and len(store.damaged) == 2
+    assert store.load() == ({}, {}) and store.adoption_line() is None
     shutil.rmtree(out / "parts")
     (out / "runs.csv").write_bytes(b"\x00\xff garbage \x00")
-    store = Store(out)
     assert store.load() == ({}, {}) and store.adoption_line() is None
     assert not (out / "parts").exists()
 

@@ -131,7 +131,7 @@ class Store:
         curves: dict[str, Curves] = {}
         self.damaged = []
         self.adopted = 0
-        if not self._has_parts():
+        if self._never_held_a_part():
             return self._adopt_tables(write=quarantine)
         for stale in self.parts.glob(".*.tmp"):  # writes cut short by a kill
             match = _TMP.match(stale.name)
@@ -152,11 +152,16 @@ class Store:
                 item.moved = _move_aside(item.path, self.damaged_dir)
         return rows, curves
 
-    def _has_parts(self) -> bool:
-        return self.parts.is_dir() and any(self.parts.glob("*.npz"))
+    def _never_held_a_part(self) -> bool:
+        """No part in ``parts/``, none moved aside: no batch of a sweep ever finished here."""
+        held = (
+            (*self.parts.glob("*.npz"), *self.damaged_dir.glob("*")) if self.parts.is_dir() else ()
+        )
+        return not held
 
     def _adopt_tables(self, write: bool) -> tuple[dict[str, dict[str, Any]], dict[str, Curves]]:
-        """The runs of ``runs.csv`` and ``curves.csv.gz`` when the folder has no ``parts/``.
+        """The runs of ``runs.csv`` and ``curves.csv.gz`` when no part was ever stored here
+        (parts moved aside as damaged are the sweep's own: their runs are computed again).
 
         A folder copied or committed without its parts (they are the sweep's working files;
         the tables are what one keeps) would otherwise have every run computed again, and the
@@ -196,7 +201,8 @@ class Store:
         """One line saying that the last :meth:`load` took its runs from the tables."""
         if not getattr(self, "adopted", 0):
             return None
-        stored = " (their rows and curves now stored as parts)" if self._has_parts() else ""
+        written = not self._never_held_a_part()
+        stored = " (their rows and curves now stored as parts)" if written else ""
         return (
             f"note: {self.parts} holds no part: the {self.adopted} runs of "
             f"{self.root / 'runs.csv'} count as finished{stored}"
