@@ -199,7 +199,7 @@ class Store:
 
     def adoption_line(self) -> str | None:
         """One line saying that the last :meth:`load` took its runs from the tables."""
-        if not getattr(self, "adopted", 0):
+        if not self.adopted:
             return None
         written = not self._never_held_a_part()
         stored = " (their rows and curves now stored as parts)" if written else ""
