@@ -94,7 +94,8 @@ class Store:
         self.damaged_dir = self.parts / "damaged"
         self.damaged: list[Damaged] = []  # the parts the last load() could not read
         self.meta_damaged: Damaged | None = None  # sweep.json, if read_meta() could not read it
-        self.adopted = 0  # the runs the last load() took from the tables (no parts/)
+        self.adopted = 0  # the runs the last load() took from the tables (no part ever stored)
+        self.adopted_stored = False  # and whether it wrote them as parts
 
     # -- parts -------------------------------------------------------------------------------- #
 
@@ -130,7 +131,7 @@ class Store:
         rows: dict[str, dict[str, Any]] = {}
         curves: dict[str, Curves] = {}
         self.damaged = []
-        self.adopted = 0
+        self.adopted, self.adopted_stored = 0, False
         if self._never_held_a_part():
             return self._adopt_tables(write=quarantine)
         for stale in self.parts.glob(".*.tmp"):  # writes cut short by a kill
@@ -174,12 +175,7 @@ class Store:
             return {}, {}
         try:
             _check_runs_csv(table_path)
-            table = pd.read_csv(
-                table_path,
-                dtype={"reason": str, "run_id": str},
-                keep_default_na=False,
-                na_values=[""],
-            )
+            table = read_run_table(table_path)
         except Exception:
             return {}, {}
         rows = {
@@ -188,7 +184,8 @@ class Store:
         }
         curves = _read_curves(curves_path, set(rows))
         self.adopted = len(rows)
-        if write and rows:
+        self.adopted_stored = write and bool(rows)
+        if self.adopted_stored:
             by_steps: dict[tuple, list[str]] = {}
             for run_id in rows:
                 steps = curves[run_id].steps if run_id in curves else ()
@@ -201,8 +198,7 @@ class Store:
         """One line saying that the last :meth:`load` took its runs from the tables."""
         if not self.adopted:
             return None
-        written = not self._never_held_a_part()
-        stored = " (their rows and curves now stored as parts)" if written else ""
+        stored = " (their rows and curves now stored as parts)" if self.adopted_stored else ""
         return (
             f"note: {self.parts} holds no part: the {self.adopted} runs of "
             f"{self.root / 'runs.csv'} count as finished{stored}"
@@ -480,6 +476,14 @@ def _check_curves(path: Path) -> None:
             raise ValueError(f"unexpected columns {header[:6]}")
         while fd.read(1 << 20):  # the whole stream: a truncated or garbled one fails its CRC
             pass
+
+
+def read_run_table(path: Path) -> pd.DataFrame:
+    """``runs.csv`` as a frame: only empty cells are missing (the attack named "nan" stays a
+    name), run ids and reasons stay strings."""
+    return pd.read_csv(
+        path, dtype={"reason": str, "run_id": str}, keep_default_na=False, na_values=[""]
+    )
 
 
 def _python_value(value: Any) -> Any:

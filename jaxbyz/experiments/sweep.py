@@ -275,7 +275,7 @@ def report(
     import pandas as pd
 
     from jaxbyz.experiments.report import write_report
-    from jaxbyz.experiments.storage import REQUIRED_ROW_KEYS
+    from jaxbyz.experiments.storage import REQUIRED_ROW_KEYS, read_run_table
 
     root = repr(str(store.root))
     if recorded is None and store.parts.is_dir():
@@ -289,13 +289,7 @@ def report(
     if not table_path.exists():
         raise ValueError(f"--output {root} holds no results (no runs.csv)")
     try:
-        # only empty cells are missing: the attack named "nan" must stay a name
-        table = pd.read_csv(
-            table_path,
-            dtype={"reason": str, "run_id": str},
-            keep_default_na=False,
-            na_values=[""],
-        )
+        table = read_run_table(table_path)
         missing = [k for k in REQUIRED_ROW_KEYS if k not in table.columns]
         if missing:
             raise ValueError(f"no {', '.join(missing)} column(s)")
