@@ -25,9 +25,16 @@ import pandas as pd
 COUNTED = ("completed", "diverged")
 
 
+def variant(attack_args: object) -> str:
+    """The optimized attack's label: ``optimized``, or its non-default arguments appended."""
+    args = json.loads(attack_args) if isinstance(attack_args, str) and attack_args else {}
+    return " ".join(["optimized", *(f"{k}={v}" for k, v in sorted(args.items()))])
+
+
 def strongest(table: pd.DataFrame, metric: str, tolerance: float) -> pd.DataFrame:
-    """One row per (rule, placement, f): the optimized attack's ``metric``, the other attack of
-    lowest ``metric`` and its value, the difference, and whether it holds within ``tolerance``."""
+    """One row per (rule, placement, f) and variant of the optimized attack (its arguments): its
+    ``metric``, the other attack of lowest ``metric`` and its value, the difference, and whether
+    it holds within ``tolerance``."""
     attacked = table[(table["role"] == "attacked") & table["status"].isin(COUNTED)]
     rows = []
     for (rule, placement, f), group in attacked.groupby(["gar", "momentum_at", "nb_decl_byz"]):
@@ -36,32 +43,35 @@ def strongest(table: pd.DataFrame, metric: str, tolerance: float) -> pd.DataFram
         if mine.empty or others.empty:
             continue
         worst = others.loc[others[metric].idxmin()]
-        value = float(mine[metric].mean())
-        rows.append(
-            {
-                "rule": rule,
-                "momentum_at": placement,
-                "f": int(f),
-                "optimized": value,
-                "strongest other": worst["attack"],
-                "its accuracy": float(worst[metric]),
-                "difference": value - float(worst[metric]),
-                "holds": value <= float(worst[metric]) + tolerance,
-            }
-        )
+        for label, runs in mine.groupby(mine["attack_args"].map(variant), sort=False):
+            value = float(runs[metric].mean())
+            rows.append(
+                {
+                    "rule": rule,
+                    "momentum_at": placement,
+                    "f": int(f),
+                    "variant": label,
+                    "optimized": value,
+                    "strongest other": worst["attack"],
+                    "its accuracy": float(worst[metric]),
+                    "difference": value - float(worst[metric]),
+                    "holds": value <= float(worst[metric]) + tolerance,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def markdown(frame: pd.DataFrame) -> str:
     lines = [
-        "| rule | momentum at | f | optimized | strongest other | its accuracy | difference "
-        "| within tolerance |",
-        "|---|---|---:|---:|---|---:|---:|---|",
+        "| rule | momentum at | f | variant | optimized | strongest other | its accuracy "
+        "| difference | within tolerance |",
+        "|---|---|---:|---|---:|---|---:|---:|---|",
     ]
-    for r in frame.itertuples(index=False):
+    for r in frame.to_dict(orient="records"):
         lines.append(
-            f"| {r.rule} | {r.momentum_at} | {r.f} | {r.optimized:.4f} | {r[4]} | {r[5]:.4f} "
-            f"| {r.difference:+.4f} | {'yes' if r.holds else '**no**'} |"
+            f"| {r['rule']} | {r['momentum_at']} | {r['f']} | {r['variant']} "
+            f"| {r['optimized']:.4f} | {r['strongest other']} | {r['its accuracy']:.4f} "
+            f"| {r['difference']:+.4f} | {'yes' if r['holds'] else '**no**'} |"
         )
     return "\n".join(lines)
 
@@ -90,7 +100,7 @@ def main() -> int:
         parser.error(f"{runs} has no rule with both the optimized attack and another attack")
     print(markdown(frame))
     held = int(frame["holds"].sum())
-    cells = f"{held} of {len(frame)} (rule, placement, f) cells"
+    cells = f"{held} of {len(frame)} (rule, placement, f, variant) cells"
     print(f"\n{cells} within {args.tolerance} ({args.metric})")
     if args.json is not None:
         args.json.write_text(json.dumps(frame.to_dict(orient="records"), indent=1))

@@ -66,10 +66,12 @@ def np_objective(objective: str, rule: str, H: np.ndarray, B: np.ndarray) -> flo
     agg = np_rule(rule, np.concatenate([H, B]))
     if objective == "deviation":
         return float(np.sum((agg - mu) ** 2))
+    if objective == "directed":
+        return float(-(agg @ mu) / np.linalg.norm(mu))
     return float(-(agg @ mu) / (np.linalg.norm(agg) * np.linalg.norm(mu)))
 
 
-@pytest.mark.parametrize("objective", ["deviation", "cosine"])
+@pytest.mark.parametrize("objective", ["deviation", "cosine", "directed"])
 @pytest.mark.parametrize("rule", ["average", "median"])
 def test_objective_against_numpy(objective, rule):
     for seed in range(3):
@@ -92,6 +94,7 @@ def test_objective_against_numpy(objective, rule):
             "krum", "deviation", ("little", "empire", "minmax", "minsum"), marks=pytest.mark.slow
         ),
         ("cclip", "cosine", ("little", "empire")),
+        ("median", "directed", ("little", "minsum")),
         pytest.param("geomed", "deviation", ("little", "empire"), marks=pytest.mark.slow),
     ],
 )
@@ -157,6 +160,26 @@ def test_improves_against_average_within_the_ball():
     assert got <= (F / n) ** 2 * radius**2 * (1 + 1e-5)
     np.testing.assert_allclose(float(objective_value("deviation", rule, H, B, F, None)), got,
                                rtol=1e-5)  # fmt: skip
+
+
+def test_directed_reaches_the_analytic_optimum_against_average():
+    """Against the average ``-<F, mu>/||mu|| = -(h ||mu|| + f <b, mu>/||mu||) / n`` is largest on
+    the ball ``||b - mu|| <= r`` at ``b = mu - r mu/||mu||``; plain gradient steps from ``empire``
+    (on that line) follow the constant gradient ``-(f/n) mu/||mu||`` there."""
+    run = jitted(
+        "average", objective="directed", starts=("empire",), steps=10, optimizer="sgd",
+        learning_rate=100.0, radius=3.0,
+    )  # fmt: skip
+    H = honest(6)
+    B = np.asarray(run(H, jax.random.key(0)), np.float64)
+    H64 = np.asarray(H, np.float64)
+    mu = H64.mean(axis=0)
+    norm = np.linalg.norm(mu)
+    start = np.asarray(start_output("empire", H, F, aggregators.get("average"), jax.random.key(0)))
+    radius = max(3.0 * np.linalg.norm(H64 - mu, axis=1).max(), np.linalg.norm(start[0] - mu))
+    np.testing.assert_allclose(B, np.tile(mu - radius * mu / norm, (F, 1)), rtol=1e-4, atol=1e-4)
+    optimum = -(H_ROWS * norm + F * (norm - radius)) / (H_ROWS + F)
+    np.testing.assert_allclose(np_objective("directed", "average", H, B), optimum, rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------- #

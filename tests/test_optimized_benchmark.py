@@ -1,0 +1,57 @@
+"""The optimized attack's benchmark table (benchmarks/optimized_attack.py) on a hand-made table."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "optimized_attack.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("optimized_attack_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(gar, placement, attack, accuracy, args="{}", status="completed", role="attacked"):
+    return {
+        "gar": gar, "momentum_at": placement, "nb_decl_byz": 12, "attack": attack,
+        "attack_args": args, "final_accuracy": accuracy, "status": status, "role": role,
+    }  # fmt: skip
+
+
+def test_each_variant_against_the_strongest_other_attack(bench):
+    directed = json.dumps({"objective": "directed"})
+    table = pd.DataFrame(
+        [
+            run("average", "update", None, 0.86, role="baseline"),
+            run("median", "update", "little", 0.66),
+            run("median", "update", "minsum", 0.62),
+            run("median", "update", "gaussian", 0.10, status="failed"),  # not counted
+            run("median", "update", "optimized", 0.69),
+            run("median", "update", "optimized", 0.625, args=directed),
+            run("median", "worker", "little", 0.84),
+            run("median", "worker", "optimized", 0.80),
+        ]
+    )
+    frame = bench.strongest(table, "final_accuracy", 0.01)
+    got = {(r["momentum_at"], r["variant"]): r for r in frame.to_dict(orient="records")}
+    assert set(got) == {
+        ("update", "optimized"),
+        ("update", "optimized objective=directed"),
+        ("worker", "optimized"),
+    }
+    default = got[("update", "optimized")]
+    assert default["strongest other"] == "minsum" and not default["holds"]
+    assert default["difference"] == pytest.approx(0.07)
+    assert got[("update", "optimized objective=directed")]["holds"]  # +0.005 <= 0.01
+    assert got[("worker", "optimized")]["holds"] and got[("worker", "optimized")]["f"] == 12
+    lines = bench.markdown(frame).splitlines()
+    assert len(lines) == 2 + 3 and "| optimized objective=directed | 0.6250 | minsum |" in lines[3]
