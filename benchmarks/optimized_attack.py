@@ -10,7 +10,10 @@ them), and whether the optimized one is within ``--tolerance`` (default 0.01) of
     python benchmarks/optimized_attack.py results/optimized-paper [--json out.json]
 
 Runs that failed are left out; a diverged run counts with its final accuracy (that of the
-diverged model). A lower accuracy means a stronger attack.
+diverged model). A lower accuracy means a stronger attack. The final accuracy of one seed is
+noisy (consecutive evaluations of one run can differ by 0.1 under attack): ``--metric
+last_mean`` compares the mean accuracy over the last ``--last`` evaluations (from
+``curves.csv.gz``) instead.
 """
 
 from __future__ import annotations
@@ -23,6 +26,14 @@ from pathlib import Path
 import pandas as pd
 
 COUNTED = ("completed", "diverged")
+METRICS = ("final_accuracy", "best_accuracy", "last_mean")
+
+
+def with_last_mean(table: pd.DataFrame, curves: pd.DataFrame, last: int) -> pd.DataFrame:
+    """``table`` with ``last_mean``: each run's mean accuracy over its last ``last`` evaluations."""
+    ordered = curves.dropna(subset=["accuracy"]).sort_values(["run_id", "step"])
+    means = ordered.groupby("run_id")["accuracy"].apply(lambda a: a.tail(last).mean())
+    return table.assign(last_mean=table["run_id"].map(means))
 
 
 def variant(attack_args: object) -> str:
@@ -84,8 +95,12 @@ def main() -> int:
     parser.add_argument(
         "--metric",
         default="final_accuracy",
-        choices=("final_accuracy", "best_accuracy"),
-        help="the accuracy compared (default: the final one, as the target states it)",
+        choices=METRICS,
+        help="the accuracy compared (default: the final one, as the target states it; "
+        "last_mean: the mean over the last --last evaluations)",
+    )
+    parser.add_argument(
+        "--last", type=int, default=10, help="evaluations averaged by last_mean (default 10)"
     )
     parser.add_argument(
         "--tolerance", type=float, default=0.01, help="allowed excess accuracy (default 0.01)"
@@ -95,7 +110,15 @@ def main() -> int:
     runs = args.results / "runs.csv"
     if not runs.is_file():
         parser.error(f"results={str(args.results)!r} holds no runs.csv; pass a sweep's --output")
-    frame = strongest(pd.read_csv(runs), args.metric, args.tolerance)
+    if args.last < 1:
+        parser.error(f"last={args.last} is invalid; pass a count of evaluations >= 1")
+    table = pd.read_csv(runs)
+    if args.metric == "last_mean":
+        curves = args.results / "curves.csv.gz"
+        if not curves.is_file():
+            parser.error(f"metric=last_mean needs {curves}; pass a sweep's --output")
+        table = with_last_mean(table, pd.read_csv(curves), args.last)
+    frame = strongest(table, args.metric, args.tolerance)
     if frame.empty:
         parser.error(f"{runs} has no rule with both the optimized attack and another attack")
     print(markdown(frame))

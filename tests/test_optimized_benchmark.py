@@ -55,3 +55,18 @@ def test_each_variant_against_the_strongest_other_attack(bench):
     assert got[("worker", "optimized")]["holds"] and got[("worker", "optimized")]["f"] == 12
     lines = bench.markdown(frame).splitlines()
     assert len(lines) == 2 + 3 and "| optimized objective=directed | 0.6250 | minsum |" in lines[3]
+
+
+def test_last_mean_averages_each_runs_last_evaluations(bench):
+    table = pd.DataFrame({"run_id": ["a", "b", "c"]})
+    curves = pd.DataFrame(
+        {
+            "run_id": ["a"] * 4 + ["b"] * 2,
+            "step": [15, 0, 5, 10, 0, 5],  # out of order on purpose
+            "accuracy": [0.4, 0.1, 0.2, 0.3, 0.5, float("nan")],
+        }
+    )
+    got = bench.with_last_mean(table, curves, 2)
+    assert got["last_mean"].iloc[0] == pytest.approx(0.35)  # steps 10 and 15
+    assert got["last_mean"].iloc[1] == pytest.approx(0.5)  # a NaN evaluation is not counted
+    assert pd.isna(got["last_mean"].iloc[2])  # no curve
