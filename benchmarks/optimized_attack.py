@@ -9,11 +9,11 @@ them), and whether the optimized one is within ``--tolerance`` (default 0.01) of
     python -m jaxbyz.experiments.sweep optimized-paper --output results/optimized-paper
     python benchmarks/optimized_attack.py results/optimized-paper [--json out.json]
 
-Runs that failed are left out; a diverged run counts with its final accuracy (that of the
-diverged model). A lower accuracy means a stronger attack. The final accuracy of one seed is
-noisy (consecutive evaluations of one run can differ by 0.1 under attack): ``--metric
-last_mean`` compares the mean accuracy over the last ``--last`` evaluations (from
-``curves.csv.gz``) instead.
+Runs that failed, or have no value of the metric, are left out; a diverged run counts with
+its final accuracy (that of the diverged model). A lower accuracy means a stronger attack. The
+final accuracy of one seed is noisy (consecutive evaluations of one run can differ by 0.1 under
+attack): ``--metric last_mean`` compares the mean accuracy over the last ``--last`` evaluations
+(from ``curves.csv.gz``) instead.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def strongest(table: pd.DataFrame, metric: str, tolerance: float) -> pd.DataFram
     """One row per (rule, placement, f) and variant of the optimized attack (its arguments): its
     ``metric``, the other attack of lowest ``metric`` and its value, the difference, and whether
     it holds within ``tolerance``."""
-    attacked = table[(table["role"] == "attacked") & table["status"].isin(COUNTED)]
+    counted = (table["role"] == "attacked") & table["status"].isin(COUNTED)
+    attacked = table[counted & table[metric].notna()]  # no value (no curve): not compared
     rows = []
     for (rule, placement, f), group in attacked.groupby(["gar", "momentum_at", "nb_decl_byz"]):
         mine = group[group["attack"] == "optimized"]

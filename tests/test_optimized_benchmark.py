@@ -35,6 +35,9 @@ def test_each_variant_against_the_strongest_other_attack(bench):
             run("median", "update", "little", 0.66),
             run("median", "update", "minsum", 0.62),
             run("median", "update", "gaussian", 0.10, status="failed"),  # not counted
+            run("median", "update", "mimic", float("nan")),  # no value: not counted
+            run("trmean", "update", "optimized", float("nan")),  # nothing to compare
+            run("trmean", "update", "little", 0.7),
             run("median", "update", "optimized", 0.69),
             run("median", "update", "optimized", 0.625, args=directed),
             run("median", "worker", "little", 0.84),
