@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from jaxbyz.experiments.storage import read_run_table
+
 COUNTED = ("completed", "diverged")
 METRICS = ("final_accuracy", "best_accuracy", "last_mean")
 
@@ -113,7 +115,7 @@ def main() -> int:
         parser.error(f"results={str(args.results)!r} holds no runs.csv; pass a sweep's --output")
     if args.last < 1:
         parser.error(f"last={args.last} is invalid; pass a count of evaluations >= 1")
-    table = pd.read_csv(runs)
+    table = read_run_table(runs)  # the attack named "nan" stays a name
     if args.metric == "last_mean":
         curves = args.results / "curves.csv.gz"
         if not curves.is_file():

@@ -21,7 +21,7 @@ about ``1 / (1 - beta) = 10`` steps of a bias that keeps its direction, but only
 ``1 / sqrt(1 - beta^2) = 2.3`` of one whose direction changes from step to step; the
 fixed-direction attacks (``little``, ``minmax``, ``minsum``: ``mu_h - gamma sigma_h``) can
 therefore cost more accuracy over a run than a larger per-step deviation in changing directions
-(README, "The optimized attack").
+(README, "Results: is the optimized attack the strongest?").
 
 Parametrisation (``shared``): ``shared=True`` (default) optimises one row ``b`` sent by every
 Byzantine worker (``B = 1_f b``); ``shared=False`` one row per worker.
