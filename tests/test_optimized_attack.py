@@ -27,6 +27,7 @@ from jaxbyz.simulator import make_simulation
 
 H_ROWS, D, F = 8, 8, 2
 TOL = 1e-5
+KEY_START = jax.random.key(0)
 
 
 def honest(seed: int, h: int = H_ROWS, d: int = D) -> jax.Array:
@@ -221,6 +222,53 @@ def test_relaxations_reach_the_exact_rule():
             exact = np.asarray(accepted) @ np.asarray(G) / np.sum(np.asarray(accepted))
         np.testing.assert_allclose(np.asarray(soft), np.asarray(exact), rtol=1e-4, atol=1e-4)
         assert np.isfinite(np.asarray(grad)).all(), rule
+
+
+def np_trimmed_mean(G: np.ndarray, f: int) -> np.ndarray:
+    """Mean of the ``n - 2f`` middle values per coordinate, NaN as +Inf (the definition)."""
+    S = np.sort(np.where(np.isnan(G), np.inf, np.asarray(G, np.float64)), axis=0)
+    return S[f : G.shape[0] - f].mean(axis=0)
+
+
+@pytest.mark.parametrize("n,f,d", [(7, 1, 5), (11, 3, 16), (51, 12, 40)])
+def test_trmean_surrogate_is_the_trimmed_mean_and_its_gradient(n, f, d):
+    """The trmean entry of the table is the exact rule written as a masked mean: its value is
+    the NumPy trimmed mean (also with a NaN row trimmed away), its gradient the kept-rank mask
+    over ``n - 2f``, as reverse-mode autodiff of the exact rule gives it."""
+    rule = aggregators.get("trmean")
+    surrogate = RELAXATIONS["trmean"]
+    G = jax.random.normal(jax.random.key(n + d), (n, d))
+    weights = jax.random.normal(jax.random.key(1), (d,))
+
+    def projected(fn):
+        return jax.jit(jax.grad(lambda G: jnp.dot(fn(G), weights)))
+
+    value = jax.jit(lambda G: surrogate(rule, G, f, key=None, temperature=0.1))
+    np.testing.assert_allclose(value(G), np_trimmed_mean(np.asarray(G), f), rtol=1e-5, atol=1e-6)
+    grad = projected(lambda G: surrogate(rule, G, f, key=None, temperature=0.1))(G)
+    S = np.sort(np.asarray(G), axis=0)
+    kept = (np.asarray(G) >= S[f]) & (np.asarray(G) <= S[n - f - 1])
+    np.testing.assert_allclose(grad, kept * np.asarray(weights) / (n - 2 * f), atol=1e-6)
+    np.testing.assert_allclose(grad, projected(lambda G: rule(G, f))(G), atol=1e-6)
+    poisoned = G.at[0].set(jnp.nan)
+    np.testing.assert_allclose(
+        value(poisoned), np_trimmed_mean(np.asarray(poisoned), f), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_starts_are_the_papers_attacks():
+    """The starts ``little`` and ``empire`` are the settings of the paper's experiments, from
+    their definitions: ``mu - 1.5 sigma`` (unbiased std) and ``(1 - 1.1) mu = -0.1 mu``: the
+    honest mean pushed against itself, not amplified (``2.1 mu``, which ``negative=True`` would
+    give and which the deviation objective cannot tell from an attack)."""
+    H = honest(4)
+    Hn = np.asarray(H, np.float64)
+    mu, sigma = Hn.mean(axis=0), Hn.std(axis=0, ddof=1)
+    rule = aggregators.get("median")
+    expected = {"little": mu - 1.5 * sigma, "empire": -0.1 * mu}
+    for name, row in expected.items():
+        B = np.asarray(start_output(name, H, F, rule, KEY_START))
+        np.testing.assert_allclose(B, np.broadcast_to(row, B.shape), rtol=1e-5, atol=1e-5)
 
 
 def test_straight_through_for_a_rule_autodiff_cannot_reverse():

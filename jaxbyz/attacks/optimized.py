@@ -23,6 +23,12 @@ fixed-direction attacks (``little``, ``minmax``, ``minsum``: ``mu_h - gamma sigm
 therefore cost more accuracy over a run than a larger per-step deviation in changing directions
 (README, "Results: is the optimized attack the strongest?").
 
+The deviation objective is blind to the side: an aggregate pushed along ``+mu_h`` (a longer
+honest step, nearly harmless) scores as well as one pushed against it. The search keeps the side
+of its starts (ascent lengthens a start's displacement), so every start must be an attack: the
+paper's ``empire`` is ``factor=1.1`` (``-0.1 mu_h``); with ``negative=True`` it would send
+``2.1 mu_h``, which wins the deviation against Krum and the median and costs the model little.
+
 Parametrisation (``shared``): ``shared=True`` (default) optimises one row ``b`` sent by every
 Byzantine worker (``B = 1_f b``); ``shared=False`` one row per worker.
 
@@ -30,7 +36,7 @@ Search. From every starting point at once (``jax.vmap`` over the starts, one ``l
 the steps), ``steps`` steps of an optax optimiser (``optimizer``, by name: ``getattr(optax,
 name)(lr)``) ascend the (relaxed, see below) objective. The starting points are the outputs of
 the library's attacks named in ``starts`` (default ``little`` with the paper's ``factor=1.5,
-negative=True``, ``empire`` with ``factor=1.1, negative=True``, ``minmax`` and ``minsum`` with
+negative=True``, ``empire`` with ``factor=1.1``, ``minmax`` and ``minsum`` with
 their defaults; any other registered attack with its defaults); with ``shared=True`` a start is
 represented by its first row (exact for these starts, which send identical rows).
 
@@ -48,7 +54,8 @@ and grows with the step size).
 
 Relaxations. The ascent follows the gradient of a relaxed rule where the exact one has discrete
 choices (:mod:`jaxbyz.attacks.relaxations`: Krum, Bulyan, MDA, SMEA, geomed, CGE, Aksel, MoNNA,
-DnC, the two clustering rules, SignGuard, CAF, at relative ``temperature``); other rules are
+DnC, the two clustering rules, SignGuard, CAF, at relative ``temperature``; for trmean the exact
+rule written as a masked mean, whose gradient is cheaper than autodiff's); other rules are
 differentiated exactly by JAX, or straight through where reverse-mode autodiff cannot trace
 them. Candidates are always SCORED with the exact rule.
 
@@ -97,7 +104,7 @@ DEFAULT_STARTS = ("little", "empire", "minmax", "minsum")
 # the fixed settings the starts are built with (the papers' experiments); others: defaults
 START_PARAMS: dict[str, dict[str, Any]] = {
     "little": {"factor": 1.5, "negative": True},
-    "empire": {"factor": 1.1, "negative": True},
+    "empire": {"factor": 1.1},
 }
 _OWNER = "attack optimized"
 

@@ -23,6 +23,12 @@ exact rule gets (common random numbers: DnC's coordinates and SignGuard's block 
   subsets of smallest ``λ_max`` (default 64, chosen by the exact eigenvalues, held constant; the
   others get weight 0, which they have at any small ``T``), each ``λ_max = uᵀ B_S u / k`` with its
   eigenvector ``u`` held constant (the derivative of a simple eigenvalue);
+- ``trmean``: not a relaxation but the exact trimmed mean written so that its gradient is cheap:
+  ``sum_i k_i g_i / (n - 2f)`` with ``k_i = [x_(f) <= g_i <= x_(n-f-1)]`` per coordinate, the two
+  thresholds held constant. Its value and gradient are the exact rule's wherever no value ties
+  a threshold (almost everywhere); autodiff of the rule itself goes back through the whole
+  sorting network (20 ascent steps from 4 starts took 6.7 s at n = 51, d = 79,510 on the 2-core
+  CPU);
 - ``geomed``: one Weiszfeld step ``sum_i beta_i g_i / sum_i beta_i``, ``beta_i = 1 /
   max(nu, ||g_i - z*||)``, from the exact geometric median ``z*`` held constant
   (``stop_gradient``): its value is ``z*`` (a fixed point) and its Jacobian ``P_j / (r_j sum_i
@@ -52,7 +58,7 @@ exact rule gets (common random numbers: DnC's coordinates and SignGuard's block 
   its value is the exact rule's.
 
 The temperature is relative: ``T = temperature * std(finite scores)`` (held constant). Rules
-without a relaxation (``average``, ``median``, ``trmean``, ``cclip``, ``phocas``, ``meamed``,
+without a relaxation (``average``, ``median``, ``cclip``, ``phocas``, ``meamed``,
 rules behind pre-aggregators, ...) are differentiated exactly by JAX autodiff (sorts and
 selections are differentiable almost everywhere); where reverse-mode autodiff of the rule fails
 at trace time (a ``while_loop``), :func:`straight_through` is used: the exact value with the
@@ -80,6 +86,8 @@ from jaxbyz.aggregators.coordinatewise import coordinate_median
 from jaxbyz.aggregators.distance import pairwise_sq_distances
 from jaxbyz.aggregators.dnc import coordinate_subsets, dnc_scores
 from jaxbyz.aggregators.krum import bulyan_weights, krum_scores
+from jaxbyz.aggregators.ops import nan_to_inf
+from jaxbyz.aggregators.order import NETWORK_MAX_ROWS, order_statistics
 from jaxbyz.aggregators.signguard import median_norm, sign_cluster
 from jaxbyz.aggregators.spectral import caf_pass, subset_top_eigenvalues
 from jaxbyz.attacks.adaptive import call_rule
@@ -191,6 +199,26 @@ def relaxed_brute(rule: Any, G: Array, f: int, *, key: Any, temperature: Any) ->
     candidates = jnp.asarray(subsets(n, n - f))
     diameters = jax.vmap(lambda idx: jnp.max(D[idx[:, None], idx[None, :]]))(candidates)
     return _subset_mixture(soft_selection(diameters, 1, temperature), candidates, G)
+
+
+def relaxed_trmean(rule: Any, G: Array, f: int, *, key: Any, temperature: Any) -> Array:
+    """The trimmed mean as a masked mean between its two thresholds held constant (module doc)."""
+    n = G.shape[0]
+    S = order_statistics(nan_to_inf(G), (f, n - f - 1))
+    low, high = lax.stop_gradient(S[f]), lax.stop_gradient(S[n - f - 1])
+
+    def kept(X: Array) -> Array:
+        Y = nan_to_inf(X)
+        return jnp.where((Y >= low) & (Y <= high), X, 0.0)
+
+    if n > NETWORK_MAX_ROWS:
+        return jnp.sum(kept(G), axis=0) / (n - 2 * f)
+    # row by row: on the whole matrix XLA CPU spends 17 times longer (229 vs 13 ms at n = 51,
+    # d = 79,510 on the 2-core VM)
+    total = kept(G[0])
+    for i in range(1, n):
+        total = total + kept(G[i])
+    return total / (n - 2 * f)
 
 
 def relaxed_geomed(rule: Any, G: Array, f: int, *, key: Any, temperature: Any) -> Array:
@@ -334,6 +362,7 @@ RELAXATIONS: dict[str, RelaxFn] = {
     "bulyan": relaxed_bulyan,
     "brute": relaxed_brute,
     "smea": relaxed_smea,
+    "trmean": relaxed_trmean,
     "geomed": relaxed_geomed,
     "cge": relaxed_cge,
     "aksel": relaxed_aksel,
