@@ -27,8 +27,8 @@ exact rule gets (common random numbers: DnC's coordinates and SignGuard's block 
   ``sum_i k_i g_i / (n - 2f)`` with ``k_i = [x_(f) <= g_i <= x_(n-f-1)]`` per coordinate, the two
   thresholds held constant. Its value and gradient are the exact rule's wherever no value ties
   a threshold (almost everywhere); autodiff of the rule itself goes back through the whole
-  sorting network (20 ascent steps from 4 starts took 6.7 s at n = 51, d = 79,510 on the 2-core
-  CPU);
+  selection network (its gradient took 4 times as long at n = 51, d = 79,510 on the 2-core
+  CPU: 210 against 54 ms);
 - ``geomed``: one Weiszfeld step ``sum_i beta_i g_i / sum_i beta_i``, ``beta_i = 1 /
   max(nu, ||g_i - z*||)``, from the exact geometric median ``z*`` held constant
   (``stop_gradient``): its value is ``z*`` (a fixed point) and its Jacobian ``P_j / (r_j sum_i
