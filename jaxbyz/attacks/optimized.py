@@ -24,10 +24,11 @@ therefore cost more accuracy over a run than a larger per-step deviation in chan
 (README, "Results: is the optimized attack the strongest?").
 
 The deviation objective is blind to the side: an aggregate pushed along ``+mu_h`` (a longer
-honest step, nearly harmless) scores as well as one pushed against it. The search keeps the side
+honest step) scores as well as one pushed against it. The search keeps the side
 of its starts (ascent lengthens a start's displacement), so every start must be an attack: the
 paper's ``empire`` is ``factor=1.1`` (``-0.1 mu_h``); with ``negative=True`` it would send
-``2.1 mu_h``, which wins the deviation against Krum and the median and costs the model little.
+``2.1 mu_h``, which wins the deviation against Krum and the median by lengthening the honest
+step instead of opposing it (README, same section).
 
 Parametrisation (``shared``): ``shared=True`` (default) optimises one row ``b`` sent by every
 Byzantine worker (``B = 1_f b``); ``shared=False`` one row per worker.
