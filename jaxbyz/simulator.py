@@ -76,6 +76,7 @@ class State:
     aggregator_state: transforms.RobustAggregateState  # previous aggregate, accepted rows
     server_state: Any  # optax state of the server stage (momentum, optimiser, step count)
     past: Array  # [P, d] past sampled-gradient means, a ring (the study's curvature)
+    attack_drift: Array  # [d] the deviation an attack with a memory has caused ([0] otherwise)
     step: Array  # int32 step counter
     key: Array
 
@@ -135,6 +136,11 @@ class Simulation:
     def poisoning(self) -> bool:
         """Whether the Byzantine rows are real gradients of poisoned data (label flipping)."""
         return self.attack.poison is not None and self.byzantine > 0
+
+    @property
+    def remembers(self) -> bool:
+        """Whether the attack reads the deviation it has caused so far (``Attack.needs_drift``)."""
+        return self.attack.needs_drift and self.byzantine > 0 and not self.poisoning
 
     @property
     def study_extra(self) -> int:
@@ -257,6 +263,7 @@ class Simulation:
             aggregator_state=stages.aggregator.init(theta),
             server_state=stages.composition.server.init(theta),
             past=jnp.zeros((self.past_window, self.dim), theta.dtype),
+            attack_drift=jnp.zeros((self.dim if self.remembers else 0,), theta.dtype),
             step=jnp.zeros((), jnp.int32),
             key=run_key,
         )
@@ -444,7 +451,7 @@ class Simulation:
         # attacks, rules and metrics read whole columns: coordinates split over the devices
         honest = self.layout.columns(sub.honest)
         poisoned = self.layout.columns(sub.poisoned)
-        byzantine = self._byzantine(honest, poisoned, k_attack, hp, rule)
+        byzantine = self._byzantine(honest, poisoned, k_attack, hp, rule, state.attack_drift)
         chex.assert_shape(byzantine, (f, self.dim))
         received = self.layout.columns(jnp.concatenate([honest, byzantine], axis=0))
         aggregate, aggregator_state = stages.aggregator.update(
@@ -479,16 +486,18 @@ class Simulation:
             aggregator_state=aggregator_state,
             server_state=server_state,
             past=past,
+            attack_drift=self._drift(state.attack_drift, hp, aggregate, honest),
             step=state.step + 1,
             key=key,
         )
         return new_state, study
 
     def _byzantine(
-        self, honest: Array, poisoned: Array, key: Array, hp: HyperParams, rule: Any
+        self, honest: Array, poisoned: Array, key: Array, hp: HyperParams, rule: Any, drift: Array
     ) -> Array:
         """The ``[f, d]`` Byzantine rows: the poisoned workers' submissions, or the attack's
-        (an attack that evaluates the rule sees the server's, its reference gradient bound)."""
+        (an attack that evaluates the rule sees the server's, its reference gradient bound; one
+        with a memory, the ``drift`` it has caused)."""
         if self.byzantine == 0:
             return jnp.zeros((0, self.dim), honest.dtype)
         if self.poisoning:
@@ -503,8 +512,18 @@ class Simulation:
             key=key,
             rule=rule,
             f_decl=self.config.nb_decl_byz,
+            **({"drift": drift} if self.remembers else {}),
             **hp.attack,
         )
+
+    def _drift(self, drift: Array, hp: HyperParams, aggregate: Array, honest: Array) -> Array:
+        """The deviation an attack with a memory ``m`` has caused, ``e_t = m e_{t-1} + (F_t -
+        mu_t)`` (aggregate minus honest mean; non-finite entries of a failed aggregate count 0)."""
+        if not self.remembers:
+            return drift
+        memory = hp.attack.get("memory", self.attack.params["memory"])
+        caused = aggregate - row_mean(honest)
+        return memory * drift + jnp.where(jnp.isfinite(caused), caused, 0.0)
 
     def _switched_attack(self, honest: Array, key: Array, hp: HyperParams, rule: Any) -> Array:
         """The rows of the attack switch's branch ``hp.structure["attack_branch"]``

@@ -115,7 +115,10 @@ def traceable(config: Config) -> Traced:
         placement=not poisoning and config.topology is None,  # a graph's node update is static
         nesterov=True,
         attack=attack_moments(attack.name, attack.params) is not None,
-        switch=(attack_spec(config),) if synchronous and not poisoning else (),
+        # an attack with a memory carries its drift across steps: it runs in its own program
+        switch=(attack_spec(config),)
+        if synchronous and not poisoning and not attack.needs_drift
+        else (),
     )
 
 

@@ -186,6 +186,19 @@ def matrix(owner: str, name: str, value: Any) -> jax.Array:
     return value
 
 
+def vector(owner: str, name: str, value: Any, d: int) -> jax.Array:
+    """``value`` as a ``[d]`` array of real numbers (shape and dtype checked, values not)."""
+    import jax.numpy as jnp
+
+    value = jnp.asarray(value)
+    if value.shape != (d,) or not jnp.issubdtype(value.dtype, jnp.floating):
+        raise ValueError(
+            f"{owner}: {name} must be a [{d}] float vector (one value per coordinate), got "
+            f"shape {tuple(value.shape)} and dtype {value.dtype}"
+        )
+    return value
+
+
 # ---------------------------------------------------------------------------------------------- #
 # Configuration checks
 

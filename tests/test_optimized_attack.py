@@ -44,10 +44,10 @@ def start_output(name: str, H: jax.Array, f: int, rule: Rule, key: jax.Array) ->
 
 @functools.cache
 def jitted(rule_name: str, **params):
-    """The jitted attack ``(H, key) -> [F, d]`` against ``rule_name``."""
+    """The jitted attack ``(H, key[, drift]) -> [F, d]`` against ``rule_name``."""
     rule = aggregators.get(rule_name)
     atk = attacks.get("optimized", **params)
-    return jax.jit(lambda H, key: atk(H, F, key=key, rule=rule, f_decl=F))
+    return jax.jit(lambda H, key, drift=None: atk(H, F, key=key, rule=rule, f_decl=F, drift=drift))
 
 
 # ------------------------------------------------------------------------------------------- #
@@ -282,6 +282,90 @@ def test_straight_through_for_a_rule_autodiff_cannot_reverse():
 
 
 # ------------------------------------------------------------------------------------------- #
+# Memory: the deviation caused so far, carried into the objective
+
+
+@pytest.mark.parametrize("towards", ["little", "empire"])
+def test_memory_keeps_the_direction_of_the_drift(towards):
+    """Against the median, where many candidates tie on the one-step deviation, a large
+    remembered drift ``e`` along one start's push (``little`` lowers every coordinate,
+    ``empire`` moves each against the honest mean) makes the attack push the aggregate along
+    ``e``; the result is never weaker than its starts on the carried objective
+    ``||F + m e - mu||^2``."""
+    rule = aggregators.get("median")
+    memory, starts = 0.9, ("little", "empire", "minmax", "minsum")
+    run = jitted("median", memory=memory, starts=starts, steps=4)
+    key = jax.random.key(5)
+    key_starts = jax.random.split(key)[0]
+    for seed in range(3):
+        H = honest(seed)
+        mu = np.asarray(H, np.float64).mean(axis=0)
+        push = np.asarray(start_output(towards, H, F, rule, key_starts)[0]) - mu
+        drift = jnp.asarray(10.0 * np.sqrt(D) * push / np.linalg.norm(push), jnp.float32)
+        B = run(H, key, drift)
+        agg = np_rule("median", np.concatenate([np.asarray(H), np.asarray(B)]))
+        assert float((agg - mu) @ np.asarray(drift)) > 0, (towards, seed)
+        carried = memory * drift
+        got = float(objective_value("deviation", rule, H, B, F, None, carried))
+        np.testing.assert_allclose(got, np.sum((agg + np.asarray(carried) - mu) ** 2), rtol=1e-4)
+        for i, name in enumerate(starts):
+            start = start_output(name, H, F, rule, jax.random.fold_in(key_starts, i))
+            best = float(objective_value("deviation", rule, H, start, F, None, carried))
+            assert got >= best - TOL * abs(best), (name, seed, got, best)
+
+
+def test_no_memory_ignores_the_drift():
+    """``memory=0`` (the default) is the greedy attack: it reads no drift."""
+    rule = aggregators.get("median")
+    greedy = attacks.get("optimized", starts=("little", "empire"), steps=2)
+    assert not greedy.needs_drift and attacks.get("optimized", memory=0.5).needs_drift
+    H, key = honest(2), jax.random.key(3)
+    drift = 10.0 * jnp.ones(D)
+    np.testing.assert_array_equal(
+        np.asarray(greedy(H, F, key=key, rule=rule, f_decl=F)),
+        np.asarray(greedy(H, F, key=key, rule=rule, f_decl=F, drift=drift)),
+    )
+    with pytest.raises(ValueError, match=re.escape("drift must be a [8] float vector")):
+        attacks.get("optimized", memory=0.5)(H, F, key=key, rule=rule, drift=jnp.ones(3))
+
+
+@pytest.mark.slow
+def test_simulator_carries_the_drift():
+    """The simulator keeps ``e_t = m e_{t-1} + (F_t - mu_t)`` and hands ``e_{t-1}`` to the
+    attack: two steps of the step's last stage on known honest rows, against a NumPy median of
+    the rows the attack returns given the drift."""
+    memory = 0.8
+    config = Config(
+        dataset="synthetic",
+        nb_workers=11,
+        nb_decl_byz=3,
+        gar="median",
+        attack="optimized",
+        attack_args={"steps": 2, "starts": ["little", "empire"], "memory": memory},
+        batch_size=4,
+        nb_steps=2,
+    )
+    data = make_synthetic(n_train=128, n_test=32, shape=(4, 4, 1), seed=0)
+    sim = make_simulation(config, data)
+    hp = sim.default_hparams()
+    stages = sim.stages(hp)
+    state = sim.init(jax.random.key(0))
+    assert state.attack_drift.shape == (sim.dim,) and not np.asarray(state.attack_drift).any()
+    rule, atk = aggregators.get("median"), attacks.get("optimized", **config.attack_args)
+    expected = np.zeros(sim.dim)
+    for t in range(2):
+        H = jax.random.normal(jax.random.key(10 + t), (sim.honest, sim.dim)) + 0.1 * t
+        sub = sim._submissions(state, stages, hp, sim.arrays, jax.random.key(20 + t))
+        sub = sub._replace(honest=H)
+        keys = jax.random.split(jax.random.key(30 + t), 3)
+        state, _ = sim._conclude(state, stages, hp, sub, rule, None, *keys)
+        B = atk(H, 3, key=keys[1], rule=rule, f_decl=3, drift=jnp.asarray(expected, H.dtype))
+        agg = np_rule("median", np.concatenate([np.asarray(H), np.asarray(B)]))
+        expected = memory * expected + agg - np.asarray(H, np.float64).mean(axis=0)
+        np.testing.assert_allclose(np.asarray(state.attack_drift), expected, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- #
 # Parameters
 
 
@@ -296,6 +380,8 @@ def test_straight_through_for_a_rule_autodiff_cannot_reverse():
         ({"learning_rate": 0}, "parameter learning_rate=0 is invalid; pass a finite number > 0"),
         ({"temperature": -1.0}, "parameter temperature=-1.0 is invalid"),
         ({"radius": 0}, "parameter radius=0 is invalid"),
+        ({"memory": 1.0}, "parameter memory=1.0 is invalid; pass a finite number >= 0 and < 1"),
+        ({"memory": -0.1}, "parameter memory=-0.1 is invalid"),
         ({"starts": ()}, "parameter starts=() is invalid; pass a non-empty tuple"),
         ({"starts": ("little", "nope")}, "each start must be a registered attack"),
         ({"starts": ("optimized",)}, "optimized cannot start from itself"),

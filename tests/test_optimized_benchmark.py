@@ -57,7 +57,30 @@ def test_each_variant_against_the_strongest_other_attack(bench):
     assert got[("update", "optimized objective=directed")]["holds"]  # +0.005 <= 0.01
     assert got[("worker", "optimized")]["holds"] and got[("worker", "optimized")]["f"] == 12
     lines = bench.markdown(frame).splitlines()
-    assert len(lines) == 2 + 3 and "| optimized objective=directed | 0.6250 | minsum |" in lines[3]
+    assert (
+        len(lines) == 2 + 3 and "| optimized objective=directed | 1 | 0.6250 | minsum |" in lines[3]
+    )
+
+
+def test_several_seeds_count_by_their_means(bench):
+    """Each attack is its mean over seeds: one lucky run of ``minsum`` does not make it the
+    strongest, and the optimized attack's mean is compared with the lowest mean."""
+    little = json.dumps({"factor": 1.5, "negative": True})
+    table = pd.DataFrame(
+        [
+            run("median", "update", "minsum", 0.60),
+            run("median", "update", "minsum", 0.80),  # mean 0.70
+            run("median", "update", "little", 0.66, args=little),
+            run("median", "update", "little", 0.68, args=little),  # mean 0.67
+            run("median", "update", "little", 0.75),  # other arguments: an attack of its own
+            run("median", "update", "optimized", 0.70),
+            run("median", "update", "optimized", 0.66),  # mean 0.68
+        ]
+    )
+    (row,) = bench.strongest(table, "final_accuracy", 0.01).to_dict(orient="records")
+    assert row["strongest other"] == "little" and row["seeds"] == 2
+    assert row["its accuracy"] == pytest.approx(0.67)
+    assert row["optimized"] == pytest.approx(0.68) and row["holds"]  # +0.01 <= 0.01
 
 
 def test_last_mean_averages_each_runs_last_evaluations(bench):

@@ -115,6 +115,9 @@ def test_which_choices_are_traceable():
     assert structure.traceable(flip) == structure.Traced(False, True, False)
     rounds = small(attack="signflip", attack_args={}, nb_local_steps=2)  # federated rounds
     assert structure.traceable(rounds).switch == ()
+    greedy = small(attack="optimized", attack_args={})
+    remembers = small(attack="optimized", attack_args={"memory": 0.9})  # its drift is state
+    assert structure.traceable(greedy).switch and structure.traceable(remembers).switch == ()
     assert structure.attack_moments("little", {"factor": 2, "negative": False}) == (2.0, 0.0)
     assert structure.attack_moments("empire", {"factor": 1.1}) == (0.0, -1.1)
     assert structure.attack_moments("signflip", {"scale": 1.0}) is None

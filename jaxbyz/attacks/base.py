@@ -8,6 +8,11 @@ rule is told to tolerate (``f_decl >= f``; defaults to ``f``).
 
 Numeric parameters (factors, scales) are bound at construction and may be overridden at call
 time by keyword, with traced values, so that a sweep can ``vmap`` over them.
+
+An attack with a memory (``needs_drift``) also reads ``drift``, the ``[d]`` deviation it has
+caused so far, ``e_t = m e_{t-1} + (F_t - mu_t)`` (``F_t`` the server's aggregate, ``mu_t`` the
+honest rows' mean, ``m`` the attack's ``memory`` parameter), which the simulator keeps across
+steps; without it (a call outside a run) the drift is zero.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
-from jaxbyz.validation import count, matrix, reject_unknown
+from jaxbyz.validation import count, matrix, reject_unknown, vector
 
 Array = jax.Array
 
@@ -44,6 +50,8 @@ class Attack:
         gradients on them, and their submissions (through the honest workers' stage when the
         attack's ``momentum`` parameter is true, else the raw clipped gradients) are the
         Byzantine rows: ``fn`` is never called. None for attacks on the submitted vectors.
+      needs_drift: whether the attack reads the deviation it has caused so far (``drift``,
+        module doc), decayed by its ``memory`` parameter.
       min_workers: ``(a, b)`` when the attack itself needs ``n >= a f_decl + b`` workers to
         attack (``fang-krum`` runs Krum: ``(2, 3)``); checked by :meth:`check` before anything
         compiles.
@@ -55,6 +63,7 @@ class Attack:
     needs_key: bool = False
     needs_rule: bool = False
     poison: PoisonFn | None = None
+    needs_drift: bool = False
     min_workers: tuple[int, int] | None = None  # (a, b): it needs n >= a f_decl + b to attack
 
     def __call__(
@@ -65,9 +74,12 @@ class Attack:
         key: Array | None = None,
         rule: Any = None,
         f_decl: int | None = None,
+        drift: Array | None = None,
         **overrides: Any,
     ) -> Array:
         """The ``[f, d]`` Byzantine vectors against honest submissions ``H`` (``[h, d]``).
+
+        ``drift`` (``[d]``, zero when None) is read by an attack with a memory only.
 
         Refused before anything is computed (shapes and dtypes only, so at trace time under
         ``jit``): ``H`` not a two-dimensional numeric array with at least one honest row and one
@@ -91,6 +103,9 @@ class Attack:
         unknown = {k: overrides[k] for k in sorted(set(overrides) - set(self.params))}
         reject_unknown(f"attack {self.name}", unknown, tuple(self.params))
         params = {**self.params, **overrides}
+        if self.needs_drift:
+            zero = jnp.zeros(H.shape[1:], H.dtype)
+            params["drift"] = zero if drift is None else vector(owner, "drift", drift, H.shape[1])
         return self.fn(H, f, key=key, rule=rule, f_decl=f_decl, **params)
 
     def check(self, n: int, f_decl: int, f_real: int, rule: Any = None) -> None:

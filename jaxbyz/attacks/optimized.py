@@ -16,12 +16,21 @@ rule told to tolerate ``f_decl``, ``mu_h`` the mean of the honest rows:
   2020), with the honest mean in place of its sign. Unlike ``deviation``, it does not reward an
   aggregate pushed far along ``+mu_h`` or sideways.
 
-Every objective is greedy: it scores one step. Momentum (at the server, ``beta = 0.9``) adds up
-about ``1 / (1 - beta) = 10`` steps of a bias that keeps its direction, but only about
-``1 / sqrt(1 - beta^2) = 2.3`` of one whose direction changes from step to step; the
-fixed-direction attacks (``little``, ``minmax``, ``minsum``: ``mu_h - gamma sigma_h``) can
-therefore cost more accuracy over a run than a larger per-step deviation in changing directions
-(README, "Results: is the optimized attack the strongest?").
+Memory (``memory = m``, default 0). With ``m = 0`` every objective is greedy: it scores one
+step. Momentum (at the server, ``beta = 0.9``) adds up about ``1 / (1 - beta) = 10`` steps of a
+bias that keeps its direction, but only about ``1 / sqrt(1 - beta^2) = 2.3`` of one whose
+direction changes from step to step; the fixed-direction attacks (``little``, ``minmax``,
+``minsum``: ``mu_h - gamma sigma_h``) can therefore cost more accuracy over a run than a larger
+per-step deviation in changing directions (README, "Results: is the optimized attack the
+strongest?"). With ``m > 0`` the attack remembers the deviation it has caused,
+``e_t = m e_{t-1} + (F_t - mu_t)`` (kept by the simulator, :class:`jaxbyz.attacks.Attack`'s
+``drift``), and scores ``F + m e_{t-1}`` in place of ``F``: with ``objective="deviation"``,
+``J = ||m e_{t-1} + F - mu_h||^2``. When ``m`` is the server's momentum ``beta`` (and the server
+runs heavy-ball momentum without dampening), ``e_t`` is exactly the difference between the
+server's momentum buffer and the one honest rows alone would have built, and ``J`` the squared
+deviation of the buffer the server steps along. The cross term ``2 m <e_{t-1}, F - mu_h>``
+rewards the candidate that keeps the direction of the past deviation, which the greedy objective
+is indifferent to where the rule saturates (the median, trmean: many candidates tie).
 
 The deviation objective is blind to the side: an aggregate pushed along ``+mu_h`` (a longer
 honest step) scores as well as one pushed against it. The search keeps the side
@@ -96,7 +105,7 @@ from jaxbyz.attacks.base import Attack
 from jaxbyz.attacks.registry import PARAMS, REGISTRY, register
 from jaxbyz.attacks.relaxations import RELAXATIONS, straight_through
 from jaxbyz.rows import HIGHEST, broadcast_row, row_mean, row_norms
-from jaxbyz.validation import boolean, choice, integer, invalid, number
+from jaxbyz.validation import boolean, choice, integer, invalid, is_array, number
 
 Array = jax.Array
 
@@ -142,11 +151,19 @@ OBJECTIVE_FNS: dict[str, Callable[[Array, Array], Array]] = {
 
 
 def objective_value(
-    objective: str, rule: Any, H: Array, B: Array, f_decl: int, key: Array | None
+    objective: str,
+    rule: Any,
+    H: Array,
+    B: Array,
+    f_decl: int,
+    key: Array | None,
+    carried: Array | None = None,
 ) -> Array:
-    """The exact objective of Byzantine rows ``B`` under the exact ``rule`` (NaN -> -inf)."""
+    """The exact objective of Byzantine rows ``B`` under the exact ``rule`` (NaN -> -inf), of
+    ``F + carried`` when the attack remembers (``carried = m e_{t-1}``, module doc)."""
     G = jnp.concatenate([H, B.astype(H.dtype)])
-    value = OBJECTIVE_FNS[objective](call_rule(rule, G, f_decl, key), row_mean(H))
+    F = call_rule(rule, G, f_decl, key)
+    value = OBJECTIVE_FNS[objective](F if carried is None else F + carried, row_mean(H))
     return jnp.where(jnp.isnan(value), -jnp.inf, value)
 
 
@@ -200,7 +217,7 @@ def _check_optimizer(name: Any) -> str:
 
 def _settings(
     objective: Any, shared: Any, starts: Any, steps: Any, optimizer: Any, learning_rate: Any,
-    temperature: Any, radius: Any,
+    temperature: Any, radius: Any, memory: Any,
 ) -> dict[str, Any]:  # fmt: skip
     return {
         "objective": choice(_OWNER, "objective", objective, OBJECTIVES),
@@ -213,6 +230,7 @@ def _settings(
         "radius": None
         if radius is None
         else number(_OWNER, "radius", radius, above=0, allow_array=True),
+        "memory": number(_OWNER, "memory", memory, minimum=0, below=1, allow_array=True),
     }
 
 
@@ -226,6 +244,7 @@ def optimized(
     learning_rate: Any = 0.3,
     temperature: Any = 0.1,
     radius: Any = 3.0,
+    memory: Any = 0.0,
 ) -> Attack:
     """Byzantine rows optimised by projected gradient ascent through the rule (module doc).
 
@@ -240,11 +259,21 @@ def optimized(
       learning_rate: step size relative to the honest spread (> 0; see module doc).
       temperature: relative temperature of the soft selections of the relaxations (> 0).
       radius: the search ball's radius in maximal honest distances to ``mu_h`` (> 0), or None.
+      memory: the decay ``m`` in ``[0, 1)`` of the deviation the attack remembers (module doc;
+        0: greedy, one step; the server's momentum, e.g. 0.9: the deviation of its buffer).
     """
     params = _settings(
-        objective, shared, starts, steps, optimizer, learning_rate, temperature, radius
+        objective, shared, starts, steps, optimizer, learning_rate, temperature, radius, memory
     )
-    return Attack(name="optimized", fn=_attack_fn, params=params, needs_key=True, needs_rule=True)
+    remembers = is_array(params["memory"]) or params["memory"] != 0
+    return Attack(
+        name="optimized",
+        fn=_attack_fn,
+        params=params,
+        needs_key=True,
+        needs_rule=True,
+        needs_drift=remembers,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- #
@@ -284,8 +313,12 @@ def _attack_fn(
     learning_rate: Any,
     temperature: Any,
     radius: Any,
+    memory: Any,
+    drift: Array | None = None,
 ) -> Array:
-    s = _settings(objective, shared, starts, steps, optimizer, learning_rate, temperature, radius)
+    s = _settings(
+        objective, shared, starts, steps, optimizer, learning_rate, temperature, radius, memory
+    )
     d = H.shape[1]
     if f == 0:
         return jnp.zeros((0, d), H.dtype)
@@ -318,11 +351,16 @@ def _attack_fn(
     lr = s["learning_rate"] * scale / math.sqrt(d)
     transform = getattr(optax, s["optimizer"])(lr)
 
-    score_fn = OBJECTIVE_FNS[s["objective"]]
+    carried = None if drift is None else s["memory"] * drift.astype(H.dtype)
+    objective_fn = OBJECTIVE_FNS[s["objective"]]
+
+    def score_fn(F: Array, mu: Array) -> Array:
+        return objective_fn(F if carried is None else F + carried, mu)
+
     relax = RELAXATIONS.get(getattr(rule, "name", None))
 
     def exact(x: Array) -> Array:
-        return objective_value(s["objective"], rule, H, rows_of(x), f_decl, key_rule)
+        return objective_value(s["objective"], rule, H, rows_of(x), f_decl, key_rule, carried)
 
     def exact_surrogate(x: Array) -> Array:
         return score_fn(call_rule(rule, jnp.concatenate([H, rows_of(x)]), f_decl, key_rule), mu)
