@@ -329,42 +329,6 @@ def test_no_memory_ignores_the_drift():
         attacks.get("optimized", memory=0.5)(H, F, key=key, rule=rule, drift=jnp.ones(3))
 
 
-@pytest.mark.slow
-def test_simulator_carries_the_drift():
-    """The simulator keeps ``e_t = m e_{t-1} + (F_t - mu_t)`` and hands ``e_{t-1}`` to the
-    attack: two steps of the step's last stage on known honest rows, against a NumPy median of
-    the rows the attack returns given the drift."""
-    memory = 0.8
-    config = Config(
-        dataset="synthetic",
-        nb_workers=11,
-        nb_decl_byz=3,
-        gar="median",
-        attack="optimized",
-        attack_args={"steps": 2, "starts": ["little", "empire"], "memory": memory},
-        batch_size=4,
-        nb_steps=2,
-    )
-    data = make_synthetic(n_train=128, n_test=32, shape=(4, 4, 1), seed=0)
-    sim = make_simulation(config, data)
-    hp = sim.default_hparams()
-    stages = sim.stages(hp)
-    state = sim.init(jax.random.key(0))
-    assert state.attack_drift.shape == (sim.dim,) and not np.asarray(state.attack_drift).any()
-    rule, atk = aggregators.get("median"), attacks.get("optimized", **config.attack_args)
-    expected = np.zeros(sim.dim)
-    for t in range(2):
-        H = jax.random.normal(jax.random.key(10 + t), (sim.honest, sim.dim)) + 0.1 * t
-        sub = sim._submissions(state, stages, hp, sim.arrays, jax.random.key(20 + t))
-        sub = sub._replace(honest=H)
-        keys = jax.random.split(jax.random.key(30 + t), 3)
-        state, _ = sim._conclude(state, stages, hp, sub, rule, None, *keys)
-        B = atk(H, 3, key=keys[1], rule=rule, f_decl=3, drift=jnp.asarray(expected, H.dtype))
-        agg = np_rule("median", np.concatenate([np.asarray(H), np.asarray(B)]))
-        expected = memory * expected + agg - np.asarray(H, np.float64).mean(axis=0)
-        np.testing.assert_allclose(np.asarray(state.attack_drift), expected, rtol=1e-4, atol=1e-5)
-
-
 # ------------------------------------------------------------------------------------------- #
 # Parameters
 
@@ -409,20 +373,24 @@ def test_registered_with_aliases_and_defaults():
 # Through the simulator
 
 
-@pytest.mark.slow
-def test_simulator_smoke():
+def optimized_simulation(nb_workers: int, **attack_args):
+    """A two-step synthetic run against the median under a cheap optimized attack."""
     config = Config(
         dataset="synthetic",
-        nb_workers=15,
+        nb_workers=nb_workers,
         nb_decl_byz=3,
         gar="median",
         attack="optimized",
-        attack_args={"steps": 3, "starts": ["little", "empire"]},
+        attack_args={"starts": ["little", "empire"], **attack_args},
         batch_size=4,
         nb_steps=2,
     )
-    data = make_synthetic(n_train=128, n_test=32, shape=(4, 4, 1), seed=0)
-    sim = make_simulation(config, data)
+    return make_simulation(config, make_synthetic(n_train=128, n_test=32, shape=(4, 4, 1), seed=0))
+
+
+@pytest.mark.slow
+def test_simulator_smoke():
+    sim = optimized_simulation(15, steps=3)
     state = sim.init(jax.random.key(0))
     step = jax.jit(sim.step)
     for _ in range(2):
@@ -430,3 +398,28 @@ def test_simulator_smoke():
     assert int(state.step) == 2
     assert np.isfinite(np.asarray(state.theta)).all()
     assert np.isfinite(np.asarray(study["loss"])).all()
+
+
+@pytest.mark.slow
+def test_simulator_carries_the_drift():
+    """The simulator keeps ``e_t = m e_{t-1} + (F_t - mu_t)`` and hands ``e_{t-1}`` to the
+    attack: two steps of the step's last stage on known honest rows, against a NumPy median of
+    the rows the attack returns given the drift."""
+    memory = 0.8
+    sim = optimized_simulation(11, steps=2, memory=memory)
+    hp = sim.default_hparams()
+    stages = sim.stages(hp)
+    state = sim.init(jax.random.key(0))
+    assert state.attack_drift.shape == (sim.dim,) and not np.asarray(state.attack_drift).any()
+    rule, atk = aggregators.get("median"), attacks.get("optimized", **sim.config.attack_args)
+    expected = np.zeros(sim.dim)
+    for t in range(2):
+        H = jax.random.normal(jax.random.key(10 + t), (sim.honest, sim.dim)) + 0.1 * t
+        sub = sim._submissions(state, stages, hp, sim.arrays, jax.random.key(20 + t))
+        sub = sub._replace(honest=H)
+        keys = jax.random.split(jax.random.key(30 + t), 3)
+        state, _ = sim._conclude(state, stages, hp, sub, rule, None, *keys)
+        B = atk(H, 3, key=keys[1], rule=rule, f_decl=3, drift=jnp.asarray(expected, H.dtype))
+        agg = np_rule("median", np.concatenate([np.asarray(H), np.asarray(B)]))
+        expected = memory * expected + agg - np.asarray(H, np.float64).mean(axis=0)
+        np.testing.assert_allclose(np.asarray(state.attack_drift), expected, rtol=1e-4, atol=1e-5)
