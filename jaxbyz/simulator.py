@@ -486,7 +486,7 @@ class Simulation:
             aggregator_state=aggregator_state,
             server_state=server_state,
             past=past,
-            attack_drift=self._drift(state.attack_drift, hp, aggregate, honest),
+            attack_drift=self._drift(state.attack_drift, aggregate, honest),
             step=state.step + 1,
             key=key,
         )
@@ -516,12 +516,13 @@ class Simulation:
             **hp.attack,
         )
 
-    def _drift(self, drift: Array, hp: HyperParams, aggregate: Array, honest: Array) -> Array:
+    def _drift(self, drift: Array, aggregate: Array, honest: Array) -> Array:
         """The deviation an attack with a memory ``m`` has caused, ``e_t = m e_{t-1} + (F_t -
-        mu_t)`` (aggregate minus honest mean; non-finite entries of a failed aggregate count 0)."""
+        mu_t)`` (aggregate minus honest mean; non-finite entries of a failed aggregate count 0).
+        ``m`` is static: only ``factor`` is a traced attack parameter."""
         if not self.remembers:
             return drift
-        memory = hp.attack.get("memory", self.attack.params["memory"])
+        memory = self.attack.params["memory"]
         caused = aggregate - row_mean(honest)
         return memory * drift + jnp.where(jnp.isfinite(caused), caused, 0.0)
 
