@@ -184,6 +184,52 @@ def test_directed_reaches_the_analytic_optimum_against_average():
     np.testing.assert_allclose(np_objective("directed", "average", H, B), optimum, rtol=1e-4)
 
 
+def unit(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, np.float64)
+    return v / np.linalg.norm(v)
+
+
+def test_direction_start_goes_along_the_start_to_the_ball():
+    """``direction="start"`` moves only along the start's displacement from ``mu``. Against the
+    average the deviation ``(f/n)^2 ||b - mu||^2`` grows with the length: the best point of the
+    ray inside the ball is on the sphere ``||b - mu|| = r``, in the start's direction."""
+    rule = aggregators.get("average")
+    run = jitted(
+        "average", starts=("little",), steps=10, radius=3.0, learning_rate=1.0, direction="start"
+    )
+    H = honest(8)
+    B = np.asarray(run(H, jax.random.key(0)), np.float64)
+    H64 = np.asarray(H, np.float64)
+    mu = H64.mean(axis=0)
+    start = np.asarray(start_output("little", H, F, rule, jax.random.key(0))[0], np.float64)
+    radius = max(3.0 * np.linalg.norm(H64 - mu, axis=1).max(), np.linalg.norm(start - mu))
+    assert radius > 1.5 * np.linalg.norm(start - mu)  # the start is well inside the ball
+    expected = mu + radius * unit(start - mu)
+    np.testing.assert_allclose(B, np.tile(expected, (F, 1)), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("rule_name", ["median", "average"])
+def test_direction_start_keeps_a_start_direction_and_is_never_weaker(rule_name):
+    rule = aggregators.get(rule_name)
+    starts = ("little", "empire")
+    run = jitted(rule_name, starts=starts, steps=4, direction="start")
+    key = jax.random.key(3)
+    key_starts = jax.random.split(key)[0]
+    for seed in range(3):
+        H = honest(20 + seed)
+        B = np.asarray(run(H, key), np.float64)
+        mu = np.asarray(H, np.float64).mean(axis=0)
+        outputs = [
+            np.asarray(start_output(name, H, F, rule, jax.random.fold_in(key_starts, i)))
+            for i, name in enumerate(starts)
+        ]
+        cosines = [float(unit(B[0] - mu) @ unit(out[0] - mu)) for out in outputs]
+        assert max(cosines) > 1 - 1e-5, cosines  # on a start's ray, on its side
+        got = np_objective("deviation", rule_name, H, B)
+        best = max(np_objective("deviation", rule_name, H, out) for out in outputs)
+        assert got >= best * (1 - 1e-5), (seed, got, best)
+
+
 # ------------------------------------------------------------------------------------------- #
 # Relaxations: the exact rule in the zero-temperature limit
 
@@ -346,6 +392,7 @@ def test_no_memory_ignores_the_drift():
         ({"radius": 0}, "parameter radius=0 is invalid"),
         ({"memory": 1.0}, "parameter memory=1.0 is invalid; pass a finite number >= 0 and < 1"),
         ({"memory": -0.1}, "parameter memory=-0.1 is invalid"),
+        ({"direction": "sideways"}, "parameter direction='sideways' is invalid; choose one of"),
         ({"starts": ()}, "parameter starts=() is invalid; pass a non-empty tuple"),
         ({"starts": ("little", "nope")}, "each start must be a registered attack"),
         ({"starts": ("optimized",)}, "optimized cannot start from itself"),
@@ -363,6 +410,7 @@ def test_registered_with_aliases_and_defaults():
     atk = attacks.get("optimised")
     assert atk.name == "optimized" and atk.needs_rule and atk.needs_key
     assert atk.params["starts"] == ("little", "empire", "minmax", "minsum")
+    assert atk.params["direction"] == "free" and atk.params["memory"] == 0
     assert attacks.get("optimized", starts=["alie", "ipm"]).params["starts"] == (
         "little",
         "empire",
