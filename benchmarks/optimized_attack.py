@@ -79,6 +79,13 @@ def strongest(table: pd.DataFrame, metric: str, tolerance: float) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
+def cells_held(frame: pd.DataFrame) -> tuple[int, int]:
+    """``(held, total)`` over the (rule, placement, f) cells: a cell holds when at least one
+    variant of the optimized attack does (the attack with the arguments chosen for the rule)."""
+    per_cell = frame.groupby(["rule", "momentum_at", "f"])["holds"].any()
+    return int(per_cell.sum()), len(per_cell)
+
+
 def markdown(frame: pd.DataFrame) -> str:
     lines = [
         "| rule | momentum at | f | variant | seeds | optimized | strongest other | its accuracy "
@@ -132,6 +139,8 @@ def main() -> int:
     held = int(frame["holds"].sum())
     cells = f"{held} of {len(frame)} (rule, placement, f, variant) cells"
     print(f"\n{cells} within {args.tolerance} ({args.metric})")
+    held_cells, total_cells = cells_held(frame)
+    print(f"{held_cells} of {total_cells} (rule, placement, f) cells with some variant within it")
     if args.json is not None:
         args.json.write_text(json.dumps(frame.to_dict(orient="records"), indent=1))
     return 0

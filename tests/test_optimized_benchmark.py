@@ -56,6 +56,8 @@ def test_each_variant_against_the_strongest_other_attack(bench):
     assert default["difference"] == pytest.approx(0.07)
     assert got[("update", "optimized objective=directed")]["holds"]  # +0.005 <= 0.01
     assert got[("worker", "optimized")]["holds"] and got[("worker", "optimized")]["f"] == 12
+    assert bench.cells_held(frame) == (2, 2)  # the directed variant holds the update cell
+    assert bench.cells_held(frame[frame["variant"] == "optimized"]) == (1, 2)
     lines = bench.markdown(frame).splitlines()
     assert (
         len(lines) == 2 + 3 and "| optimized objective=directed | 1 | 0.6250 | minsum |" in lines[3]
