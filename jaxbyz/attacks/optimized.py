@@ -285,17 +285,9 @@ def optimized(
         keeps its direction from ``mu_h``; only its length is optimised, module doc).
     """
     params = _settings(
-        objective,
-        shared,
-        starts,
-        steps,
-        optimizer,
-        learning_rate,
-        temperature,
-        radius,
-        memory,
+        objective, shared, starts, steps, optimizer, learning_rate, temperature, radius, memory,
         direction,
-    )
+    )  # fmt: skip
     remembers = is_array(params["memory"]) or params["memory"] != 0
     return Attack(
         name="optimized",
@@ -347,17 +339,9 @@ def _attack_fn(
     drift: Array | None = None,
 ) -> Array:
     s = _settings(
-        objective,
-        shared,
-        starts,
-        steps,
-        optimizer,
-        learning_rate,
-        temperature,
-        radius,
-        memory,
+        objective, shared, starts, steps, optimizer, learning_rate, temperature, radius, memory,
         direction,
-    )
+    )  # fmt: skip
     d = H.shape[1]
     if f == 0:
         return jnp.zeros((0, d), H.dtype)
