@@ -422,7 +422,7 @@ def _attack_fn(
         exact_gradient = False
 
     def search(base: Array, base_reach: Array, r: Array) -> tuple[Array, Array]:
-        """The best candidate (rows) from one start and its exact objective value."""
+        """The best search variable from one start and its exact objective value."""
         rows = functools.partial(candidate, base=base, base_reach=base_reach)
 
         def body(carry: tuple, _: Any) -> tuple[tuple, None]:
@@ -445,7 +445,8 @@ def _attack_fn(
         (x, _, best_x, best_v), _ = lax.scan(body, start, None, length=s["steps"])
         value = exact(rows(x))
         better = value > best_v
-        return rows(jnp.where(better, x, best_x)), jnp.where(better, value, best_v)
+        return jnp.where(better, x, best_x), jnp.where(better, value, best_v)
 
-    best_rows, best_v = jax.vmap(search)(BASE, reach, radii)
-    return best_rows[jnp.argmax(best_v)].astype(H.dtype)
+    best_x, best_v = jax.vmap(search)(BASE, reach, radii)
+    i = jnp.argmax(best_v)  # rows built for the winner only, not for every start
+    return candidate(best_x[i], BASE[i], reach[i]).astype(H.dtype)
