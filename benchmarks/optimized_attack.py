@@ -9,6 +9,12 @@ them), and whether the optimized one is within ``--tolerance`` (default 0.01) of
     python -m jaxbyz.experiments.sweep optimized-paper --output results/optimized-paper
     python benchmarks/optimized_attack.py results/optimized-paper [--json out.json]
 
+Several folders are read as one table (a run in two of them counts once), so variants run
+later in a folder of their own (the ``optimized-tailored`` preset) are compared with the attacks
+of the first::
+
+    python benchmarks/optimized_attack.py results/optimized-paper results/optimized-tailored
+
 Runs that failed, or have no value of the metric, are left out; a diverged run counts with
 its final accuracy (that of the diverged model). A lower accuracy means a stronger attack. The
 final accuracy of one seed is noisy (consecutive evaluations of one run can differ by 0.1 under
@@ -42,7 +48,27 @@ def with_last_mean(table: pd.DataFrame, curves: pd.DataFrame, last: int) -> pd.D
 def variant(attack_args: object) -> str:
     """The optimized attack's label: ``optimized``, or its non-default arguments appended."""
     args = json.loads(attack_args) if isinstance(attack_args, str) and attack_args else {}
-    return " ".join(["optimized", *(f"{k}={v}" for k, v in sorted(args.items()))])
+    shown = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in args.items()}
+    return " ".join(["optimized", *(f"{k}={v}" for k, v in sorted(shown.items()))])
+
+
+def load_tables(folders: list[Path], metric: str, last: int) -> pd.DataFrame:
+    """The runs of every folder's ``runs.csv`` as one table (a run id in several folders counts
+    once, from the first), with ``last_mean`` from each folder's ``curves.csv.gz`` when asked.
+    Raises ``ValueError`` naming the folder that lacks a file."""
+    tables = []
+    for folder in folders:
+        runs = folder / "runs.csv"
+        if not runs.is_file():
+            raise ValueError(f"results={str(folder)!r} holds no runs.csv; pass a sweep's --output")
+        table = read_run_table(runs)  # the attack named "nan" stays a name
+        if metric == "last_mean":
+            curves = folder / "curves.csv.gz"
+            if not curves.is_file():
+                raise ValueError(f"metric=last_mean needs {curves}; pass a sweep's --output")
+            table = with_last_mean(table, pd.read_csv(curves), last)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True).drop_duplicates("run_id", keep="first")
 
 
 def strongest(table: pd.DataFrame, metric: str, tolerance: float) -> pd.DataFrame:
@@ -105,7 +131,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("results", type=Path, help="a sweep's output folder (holds runs.csv)")
+    parser.add_argument(
+        "results", type=Path, nargs="+", help="sweep output folders (each holds runs.csv)"
+    )
     parser.add_argument(
         "--metric",
         default="final_accuracy",
@@ -121,20 +149,16 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
-    runs = args.results / "runs.csv"
-    if not runs.is_file():
-        parser.error(f"results={str(args.results)!r} holds no runs.csv; pass a sweep's --output")
     if args.last < 1:
         parser.error(f"last={args.last} is invalid; pass a count of evaluations >= 1")
-    table = read_run_table(runs)  # the attack named "nan" stays a name
-    if args.metric == "last_mean":
-        curves = args.results / "curves.csv.gz"
-        if not curves.is_file():
-            parser.error(f"metric=last_mean needs {curves}; pass a sweep's --output")
-        table = with_last_mean(table, pd.read_csv(curves), args.last)
+    try:
+        table = load_tables(args.results, args.metric, args.last)
+    except ValueError as error:
+        parser.error(str(error))
     frame = strongest(table, args.metric, args.tolerance)
     if frame.empty:
-        parser.error(f"{runs} has no rule with both the optimized attack and another attack")
+        folders = " ".join(map(str, args.results))
+        parser.error(f"{folders}: no rule with both the optimized attack and another attack")
     print(markdown(frame))
     held = int(frame["holds"].sum())
     cells = f"{held} of {len(frame)} (rule, placement, f, variant) cells"

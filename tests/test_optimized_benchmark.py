@@ -98,3 +98,30 @@ def test_last_mean_averages_each_runs_last_evaluations(bench):
     assert got["last_mean"].iloc[0] == pytest.approx(0.35)  # steps 10 and 15
     assert got["last_mean"].iloc[1] == pytest.approx(0.5)  # a NaN evaluation is not counted
     assert pd.isna(got["last_mean"].iloc[2])  # no curve
+
+
+def test_folders_are_read_as_one_table(bench, tmp_path):
+    """A variant run in a folder of its own is compared with the attacks of another folder; a run
+    in both counts once; list arguments are shown comma-separated; a folder without runs.csv is
+    named in the error."""
+    starts = json.dumps({"direction": "start", "starts": ["minmax", "minsum"]})
+    first = [
+        dict(run("median", "update", "minsum", 0.62), run_id="a"),
+        dict(run("median", "update", "optimized", 0.69), run_id="b"),
+    ]
+    second = [
+        dict(run("median", "update", "optimized", 0.61, args=starts), run_id="c"),
+        dict(run("median", "update", "minsum", 0.99), run_id="a"),  # already in the first
+    ]
+    for name, rows in (("paper", first), ("tailored", second)):
+        (tmp_path / name).mkdir()
+        pd.DataFrame(rows).to_csv(tmp_path / name / "runs.csv", index=False)
+    table = bench.load_tables([tmp_path / "paper", tmp_path / "tailored"], "final_accuracy", 10)
+    assert sorted(table["run_id"]) == ["a", "b", "c"]
+    frame = bench.strongest(table, "final_accuracy", 0.01)
+    got = {r["variant"]: r for r in frame.to_dict(orient="records")}
+    tailored = got["optimized direction=start starts=minmax,minsum"]
+    assert tailored["its accuracy"] == pytest.approx(0.62) and tailored["holds"]
+    assert not got["optimized"]["holds"]
+    with pytest.raises(ValueError, match="missing"):
+        bench.load_tables([tmp_path / "missing"], "final_accuracy", 10)
