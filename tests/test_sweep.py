@@ -306,6 +306,24 @@ def test_headline_statistics_by_hand():
     assert len(report.placement_pairs(table)) == 4
 
 
+def test_variants_of_one_attack_are_not_averaged_as_seeds():
+    """Two argument sets of one attack on one seed: two rows of one seed each, not a mean."""
+    base = Config(**TINY).replace(gar="median", attack="little")
+    rows = [_row(grid_lib.baseline_config(base), 0.9, "baseline")]
+    for factor, upd, wrk in ((1.0, 0.3, 0.7), (2.0, 0.5, 0.8)):
+        c = base.replace(attack_args={"factor": factor})
+        rows += [_row(c.replace(momentum_at=p), a) for p, a in (("update", upd), ("worker", wrk))]
+    table = pd.DataFrame(rows)
+    summary = report.placement_summary(table).set_index("attack")
+    assert sorted(summary.index) == ['little {"factor": 1.0}', 'little {"factor": 2.0}']
+    assert summary.loc['little {"factor": 2.0}', "update"] == "0.500 ± 0.000"
+    assert set(summary["seeds"]) == {1}
+    pairs = report.placement_pairs(table)
+    np.testing.assert_allclose(sorted(pairs["gain"]), [0.3, 0.4], atol=1e-12)
+    one = table[table["attack_args"] != table["attack_args"].iloc[-1]]  # one set: name alone
+    assert list(report.placement_summary(one)["attack"]) == ["little"]
+
+
 # --------------------------------------------------------------------------------------------- #
 # Running sweeps
 

@@ -29,8 +29,12 @@ def _label(name: Any, args: Any, several: bool) -> str:
     return text
 
 
-def _labels(frame: pd.DataFrame, name: str, args: str) -> pd.Series:
-    """``name`` (with its arguments when the name appears with several argument sets)."""
+def variant_labels(frame: pd.DataFrame, name: str, args: str) -> pd.Series:
+    """Column ``name`` with the arguments appended where a name appears with several argument
+    sets (``optimized {"memory": 0.9}`` beside ``optimized``), so that grouping by it keeps the
+    variants apart instead of averaging them as if they were seeds."""
+    if frame.empty or args not in frame:
+        return frame[name].copy()
     counts = frame.groupby(name)[args].nunique()
     return frame.apply(lambda r: _label(r[name], r[args], counts.get(r[name], 1) > 1), axis=1)
 
@@ -49,8 +53,8 @@ def matrices(table: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFrame]]:
     attacked = table[(table["role"] == "attacked") & counted].copy()
     if attacked.empty:
         return []
-    attacked["rule"] = _labels(attacked, "gar", "gar_args")
-    attacked["attack "] = _labels(attacked, "attack", "attack_args")
+    attacked["rule"] = variant_labels(attacked, "gar", "gar_args")
+    attacked["attack "] = variant_labels(attacked, "attack", "attack_args")
     out = []
     for values, group in attacked.groupby(list(PANELS), sort=True):
         cells = group.pivot_table(

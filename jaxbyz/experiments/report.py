@@ -63,8 +63,13 @@ def setting_keys(table: pd.DataFrame) -> list[str]:
 
 def with_settings(table: pd.DataFrame) -> pd.DataFrame:
     """``table`` with the missing values of :data:`EXTRA_SETTING` written out (``all`` clients
-    per round, no topology: ``-``), so that grouping keeps those runs."""
+    per round, no topology: ``-``), so that grouping keeps those runs, and a rule or an attack
+    that appears with several argument sets named with its arguments, so that grouping keeps
+    its variants apart (:func:`jaxbyz.experiments.matrix.variant_labels`)."""
     table = table.copy()
+    for name in ("gar", "attack"):
+        if name in table:
+            table[name] = matrix.variant_labels(table, name, f"{name}_args")
     if "clients_per_round" in table:
         table["clients_per_round"] = [
             "all" if pd.isna(v) else str(int(v)) for v in table["clients_per_round"]
