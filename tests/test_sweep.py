@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -322,6 +323,40 @@ def test_variants_of_one_attack_are_not_averaged_as_seeds():
     np.testing.assert_allclose(sorted(pairs["gain"]), [0.3, 0.4], atol=1e-12)
     one = table[table["attack_args"] != table["attack_args"].iloc[-1]]  # one set: name alone
     assert list(report.placement_summary(one)["attack"]) == ["little"]
+
+
+def test_plots_keep_a_legend_when_the_first_cell_is_empty(tmp_path, monkeypatch):
+    """Rules median and krum, attacks little (krum only) and signflip (median only): the top-left
+    panel (little / median) has no run, and the legend still lists both placements."""
+    pytest.importorskip("matplotlib")
+    base = Config(**TINY)
+    rows = [
+        _row(base.replace(gar="median", attack="signflip", momentum_at="update"), 0.5),
+        _row(base.replace(gar="krum", attack="little", momentum_at="worker"), 0.6),
+    ]
+    table = pd.DataFrame(rows).assign(bound=np.nan)
+    curves = pd.DataFrame(
+        [
+            {"run_id": r, "step": s, "accuracy": 0.1 * s, "ratio": 1.0, "sampled_ratio": 1.0}
+            for r in table["run_id"]
+            for s in (0, 1, 2)
+        ]
+    )
+    import matplotlib.pyplot as plt
+
+    created = []  # the figures make_plots draws (it closes them; their axes remain readable)
+    subplots = plt.subplots
+    monkeypatch.setattr(
+        plt, "subplots", lambda *a, **k: created.append(subplots(*a, **k)) or created[-1]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # "No artists with labels found ..."
+        paths = report.make_plots(table, curves, tmp_path)
+    assert len(paths) == 2 and all(p.exists() for p in paths)
+    axes = created[0][1]
+    assert not axes[0, 0].lines  # the empty cell ...
+    texts = [t.get_text() for t in axes[0, 0].get_legend().get_texts()]
+    assert sorted(texts) == ["update", "worker"]  # ... carries every placement's entry
 
 
 # --------------------------------------------------------------------------------------------- #

@@ -454,7 +454,12 @@ def _figure(group, refs, by_run, column: str, path: Path) -> Path:
             _draw_cell(ax, cell, refs, by_run, column)
             ax.set_title(f"{rule} / {attack}", fontsize=7)
             ax.tick_params(which="both", labelsize=6)
-    axes[0, 0].legend(fontsize=5, loc="best")
+    legend: dict[str, Any] = {}  # every cell's entries, once: the first cell may be empty
+    for ax in axes.flat:
+        for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(text, handle)
+    if legend:
+        axes[0, 0].legend(list(legend.values()), list(legend), fontsize=5, loc="best")
     label = "top-1 accuracy" if column == "accuracy" else "variance-norm ratio"
     fig.supylabel(label, fontsize=7)
     fig.supxlabel("step", fontsize=7)
