@@ -30,7 +30,12 @@ runs heavy-ball momentum without dampening), ``e_t`` is exactly the difference b
 server's momentum buffer and the one honest rows alone would have built, and ``J`` the squared
 deviation of the buffer the server steps along. The cross term ``2 m <e_{t-1}, F - mu_h>``
 rewards the candidate that keeps the direction of the past deviation, which the greedy objective
-is indifferent to where the rule saturates (the median, trmean: many candidates tie).
+is indifferent to where the rule saturates (the median, trmean: many candidates tie). As ``m``
+nears 1, ``e_t`` nears the drift the attack has added to the parameters (up to the factor
+``lr``, or ``lr / (1 - beta)`` under server momentum), which add up every step's deviation
+without decay; on the paper's Fashion-MNIST setting ``m = 0.99`` is the strongest attack
+against trmean and geomed with server momentum, and weaker than ``m = 0.9`` at the median
+(README, same section).
 
 The deviation objective is blind to the side: an aggregate pushed along ``+mu_h`` (a longer
 honest step) scores as well as one pushed against it. The search keeps the side
