@@ -33,9 +33,9 @@ rewards the candidate that keeps the direction of the past deviation, which the 
 is indifferent to where the rule saturates (the median, trmean: many candidates tie). As ``m``
 nears 1, ``e_t`` nears the drift the attack has added to the parameters (up to the factor
 ``lr``, or ``lr / (1 - beta)`` under server momentum), which add up every step's deviation
-without decay; on the paper's Fashion-MNIST setting ``m = 0.99`` is the strongest attack
-against trmean and geomed with server momentum, and weaker than ``m = 0.9`` at the median
-(README, same section).
+without decay; on the paper's Fashion-MNIST setting (one seed) ``m = 0.99`` is the strongest
+attack against trmean and geomed with server momentum, and weaker than ``m = 0.9`` at the
+median (README, same section).
 
 The deviation objective is blind to the side: an aggregate pushed along ``+mu_h`` (a longer
 honest step) scores as well as one pushed against it. The search keeps the side
