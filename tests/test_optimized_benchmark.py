@@ -62,6 +62,12 @@ def test_each_variant_against_the_strongest_other_attack(bench):
     assert (
         len(lines) == 2 + 3 and "| optimized objective=directed | 1 | 0.6250 | minsum |" in lines[3]
     )
+    best = bench.best_per_cell(frame)  # one row per cell: its strongest variant
+    assert [(r["momentum_at"], r["variant"]) for r in best.to_dict(orient="records")] == [
+        ("update", "optimized objective=directed"),
+        ("worker", "optimized"),
+    ]
+    assert bench.cells_held(best) == bench.cells_held(frame)
 
 
 def test_several_seeds_count_by_their_means(bench):
