@@ -89,6 +89,29 @@ def test_heatmap_is_drawn(tmp_path):
 
 
 @pytest.mark.skipif(not plotting_available(), reason="matplotlib is not installed")
+def test_heatmap_makes_room_for_long_labels(tmp_path):
+    """One rule against attacks named with long arguments: the rotated labels used to take all
+    the height, the axes collapsed (a matplotlib warning) and the labels were cut."""
+    import warnings
+
+    from PIL import Image
+
+    args = '{"learning_rate": 1.0, "objective": "directed", "radius": 10.0}'
+    table = pd.DataFrame(
+        [
+            _row("geomed", "optimized", 0.8 + i / 100, attack_args=args.replace("1.0", str(i)))
+            for i in range(3)
+        ]
+    )
+    panel, cells = matrix.matrices(table)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the collapse is a UserWarning
+        path = matrix.heatmap(panel, cells, tmp_path / "h.png")
+    height = Image.open(path).size[1]
+    assert height > 300  # 1.2 + 0.4 inches would be 176 pixels at 110 dpi
+
+
+@pytest.mark.skipif(not plotting_available(), reason="matplotlib is not installed")
 def test_the_attack_named_nan_stays_a_name_in_the_report(tmp_path):
     from jaxbyz.experiments import sweep as sweep_cli
     from jaxbyz.experiments.storage import Store

@@ -13,6 +13,7 @@ A rule or an attack that appears with several argument sets is shown once per se
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,14 @@ def markdown(cells: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+LABEL_WIDTH = 32  # characters per line of a heatmap label (an attack with its arguments wraps)
+
+
+def _label_inches(labels: list[str]) -> float:
+    """The length in inches of the longest line of ``labels`` at font size 8 (0.06 in/char)."""
+    return 0.06 * max((len(line) for label in labels for line in label.splitlines()), default=0)
+
+
 def heatmap(panel: dict[str, Any], cells: pd.DataFrame, path: Path) -> Path:
     """Draw the matrix (rows sorted by worst-case accuracy) as a PNG heatmap at ``path``."""
     import matplotlib
@@ -148,14 +157,18 @@ def heatmap(panel: dict[str, Any], cells: pd.DataFrame, path: Path) -> Path:
 
     values = cells.drop(columns=["worst attack", "worst"]).astype(float)
     grid = np.column_stack([values.to_numpy(), cells["worst"].to_numpy(float)])
-    columns = [*values.columns, "worst"]
+    columns = [textwrap.fill(str(c), LABEL_WIDTH) for c in [*values.columns, "worst"]]
+    rows = [textwrap.fill(str(r), LABEL_WIDTH) for r in values.index]
     fig, ax = plt.subplots(
-        figsize=(max(4.5, 1.5 + 0.75 * len(columns)), 1.2 + 0.4 * len(values)),
+        figsize=(
+            max(4.5, 1.5 + 0.75 * len(columns) + _label_inches(rows)),
+            1.2 + 0.4 * len(values) + 0.71 * _label_inches(columns),  # 45 degrees: x sin 45
+        ),
         constrained_layout=True,
     )
     image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(values)), list(values.index), fontsize=8)
+    ax.set_yticks(range(len(values)), rows, fontsize=8)
     for (i, j), v in np.ndenumerate(grid):
         if np.isfinite(v):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
