@@ -359,6 +359,45 @@ def test_plots_keep_a_legend_when_the_first_cell_is_empty(tmp_path, monkeypatch)
     assert sorted(texts) == ["update", "worker"]  # ... carries every placement's entry
 
 
+def test_curve_panels_wrap_long_attack_labels(tmp_path, monkeypatch):
+    """An attack named with its arguments is wider than a panel: its titles wrap, and the titles
+    of neighbouring panels no longer run into each other."""
+    pytest.importorskip("matplotlib")
+    base = Config(**TINY)
+    long_args = [
+        {"factor": 1.5, "negative": True, "nb_real_byz": 2},
+        {"factor": 2.5, "negative": False, "nb_real_byz": 1},
+    ]
+    rows = [
+        _row(base.replace(gar=rule, attack="little", attack_args=args, momentum_at="update"), 0.5)
+        for rule in ("median", "krum")
+        for args in long_args
+    ]
+    table = pd.DataFrame(rows).assign(bound=np.nan)
+    curves = pd.DataFrame(
+        [
+            {"run_id": r, "step": s, "accuracy": 0.1 * s, "ratio": 1.0, "sampled_ratio": 1.0}
+            for r in table["run_id"]
+            for s in (0, 1, 2)
+        ]
+    )
+    import matplotlib.pyplot as plt
+
+    created = []
+    subplots = plt.subplots
+    monkeypatch.setattr(
+        plt, "subplots", lambda *a, **k: created.append(subplots(*a, **k)) or created[-1]
+    )
+    report.make_plots(table, curves, tmp_path)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig, axes = created[0]
+    renderer = FigureCanvasAgg(fig).get_renderer()  # make_plots closed the figure
+    left, right = (axes[0, j].title for j in (0, 1))
+    assert "\n" in left.get_text() and len(left.get_text().splitlines()[0]) <= 28
+    assert left.get_window_extent(renderer).x1 <= right.get_window_extent(renderer).x0
+
+
 # --------------------------------------------------------------------------------------------- #
 # Running sweeps
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import math
 import sys
+import textwrap
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -435,14 +436,25 @@ def _mean_curve(run_ids: Iterable[str], by_run: dict, column: str):
         return steps, np.nanmean(stack, axis=0), np.nanstd(stack, axis=0)
 
 
+PANEL_TITLE_WIDTH = 28  # characters of a curve panel's title per line, at its 1.9 in width
+
+
+def panel_title(rule: str, attack: str) -> str:
+    """A curve panel's title, ``rule / attack``, wrapped to :data:`PANEL_TITLE_WIDTH` characters a
+    line (an attack named with its arguments is longer than the panel is wide)."""
+    return textwrap.fill(f"{rule} / {attack}", PANEL_TITLE_WIDTH)
+
+
 def _figure(group, refs, by_run, column: str, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     attacks, rules = sorted(group["attack"].unique()), list(dict.fromkeys(group["gar"]))
+    titles = {(a, r): panel_title(r, a) for a in attacks for r in rules}
+    title_lines = max(t.count("\n") + 1 for t in titles.values())
     fig, axes = plt.subplots(
         len(attacks),
         len(rules),
-        figsize=(1.9 * len(rules), 1.5 * len(attacks) + 0.4),
+        figsize=(1.9 * len(rules), (1.5 + 0.12 * (title_lines - 1)) * len(attacks) + 0.4),
         squeeze=False,
         sharex=True,
         sharey=column == "accuracy",
@@ -452,7 +464,7 @@ def _figure(group, refs, by_run, column: str, path: Path) -> Path:
             ax = axes[i, j]
             cell = group[(group["attack"] == attack) & (group["gar"] == rule)]
             _draw_cell(ax, cell, refs, by_run, column)
-            ax.set_title(f"{rule} / {attack}", fontsize=7)
+            ax.set_title(titles[attack, rule], fontsize=7)
             ax.tick_params(which="both", labelsize=6)
     legend: dict[str, Any] = {}  # every cell's entries, once: the first cell may be empty
     for ax in axes.flat:
@@ -464,7 +476,7 @@ def _figure(group, refs, by_run, column: str, path: Path) -> Path:
     fig.supylabel(label, fontsize=7)
     fig.supxlabel("step", fontsize=7)
     fig.suptitle(path.stem.split("-", 1)[1], fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.2 / fig.get_figheight()))  # 0.2 in: the suptitle
     _save_small(fig, path)
     plt.close(fig)
     return path
