@@ -325,6 +325,30 @@ def test_variants_of_one_attack_are_not_averaged_as_seeds():
     assert list(report.placement_summary(one)["attack"]) == ["little"]
 
 
+def _three_step_curves(table: pd.DataFrame) -> pd.DataFrame:
+    """Curves of three evaluations (steps 0, 1, 2) for every run of ``table``."""
+    return pd.DataFrame(
+        [
+            {"run_id": r, "step": s, "accuracy": 0.1 * s, "ratio": 1.0, "sampled_ratio": 1.0}
+            for r in table["run_id"]
+            for s in (0, 1, 2)
+        ]
+    )
+
+
+def _capture_figures(monkeypatch) -> list:
+    """The ``(figure, axes)`` pairs ``plt.subplots`` returns from now on (make_plots closes its
+    figures; their axes remain readable)."""
+    import matplotlib.pyplot as plt
+
+    created = []
+    subplots = plt.subplots
+    monkeypatch.setattr(
+        plt, "subplots", lambda *a, **k: created.append(subplots(*a, **k)) or created[-1]
+    )
+    return created
+
+
 def test_plots_keep_a_legend_when_the_first_cell_is_empty(tmp_path, monkeypatch):
     """Rules median and krum, attacks little (krum only) and signflip (median only): the top-left
     panel (little / median) has no run, and the legend still lists both placements."""
@@ -335,20 +359,8 @@ def test_plots_keep_a_legend_when_the_first_cell_is_empty(tmp_path, monkeypatch)
         _row(base.replace(gar="krum", attack="little", momentum_at="worker"), 0.6),
     ]
     table = pd.DataFrame(rows).assign(bound=np.nan)
-    curves = pd.DataFrame(
-        [
-            {"run_id": r, "step": s, "accuracy": 0.1 * s, "ratio": 1.0, "sampled_ratio": 1.0}
-            for r in table["run_id"]
-            for s in (0, 1, 2)
-        ]
-    )
-    import matplotlib.pyplot as plt
-
-    created = []  # the figures make_plots draws (it closes them; their axes remain readable)
-    subplots = plt.subplots
-    monkeypatch.setattr(
-        plt, "subplots", lambda *a, **k: created.append(subplots(*a, **k)) or created[-1]
-    )
+    curves = _three_step_curves(table)
+    created = _capture_figures(monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # "No artists with labels found ..."
         paths = report.make_plots(table, curves, tmp_path)
@@ -374,20 +386,8 @@ def test_curve_panels_wrap_long_attack_labels(tmp_path, monkeypatch):
         for args in long_args
     ]
     table = pd.DataFrame(rows).assign(bound=np.nan)
-    curves = pd.DataFrame(
-        [
-            {"run_id": r, "step": s, "accuracy": 0.1 * s, "ratio": 1.0, "sampled_ratio": 1.0}
-            for r in table["run_id"]
-            for s in (0, 1, 2)
-        ]
-    )
-    import matplotlib.pyplot as plt
-
-    created = []
-    subplots = plt.subplots
-    monkeypatch.setattr(
-        plt, "subplots", lambda *a, **k: created.append(subplots(*a, **k)) or created[-1]
-    )
+    curves = _three_step_curves(table)
+    created = _capture_figures(monkeypatch)
     report.make_plots(table, curves, tmp_path)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
