@@ -301,10 +301,71 @@ def test_attack_switch_sweep_equals_dedicated_programs(tmp_path, text, overrides
         tables[traced] = pd.read_csv(store.root / "runs.csv").set_index("run_id").sort_index()
     switch, dedicated = tables[True], tables[False]
     assert list(switch.index) == list(dedicated.index)
+    assert not set(switch["program_id"]) & set(dedicated["program_id"])  # other executables
     np.testing.assert_allclose(switch["best_accuracy"], dedicated["best_accuracy"], atol=1.01 / 300)
     for column in ("final_loss", "mean_ratio"):
         np.testing.assert_allclose(switch[column], dedicated[column], rtol=1e-4, err_msg=column)
     assert len(set(switch["final_loss"].round(6))) == len(switch)
+
+
+def test_program_id_names_the_compiled_program():
+    """Equal ids for the same executable, other ids for other executables: a run alone in its
+    program has its dedicated program's id; the same run in a switch, or in a switch with other
+    branches, another id; two switches tracing only the placement keep their attack apart."""
+    minmax, minsum = small(attack="minmax", attack_args={}), small(attack="minsum", attack_args={})
+
+    def ids(configs, trace_structure=True):
+        programs = grid_lib.group_programs(map(grid_lib.Run, configs), trace_structure)
+        return [p.id for p in programs]
+
+    (alone,) = ids([minsum])
+    (switch,) = ids([minmax, minsum])
+    (wider,) = ids([minmax, minsum, small()])
+    assert len({alone, switch, wider}) == 3
+    assert ids([minmax, minsum], trace_structure=False)[1] == alone
+    both = [c.replace(momentum_at=m) for c in (minmax, minsum) for m in ("update", "worker")]
+    placement_only = ids(both[:2]), ids(both[2:])
+    assert placement_only[0] != placement_only[1]
+    (one_placement,) = ids([minsum, minsum.replace(seed=2)])  # the seed is a traced number
+    assert one_placement == alone
+
+
+def test_equal_program_ids_give_equal_runs_bit_for_bit(tmp_path):
+    """A run alone in its program and the same run in a ``--dedicated-programs`` sweep of a
+    wider grid are one executable (one id): equal bit for bit. In a switch it is another
+    executable (another id): equal to rounding only (the tolerance of the test above)."""
+    import pandas as pd
+
+    from jaxbyz.experiments import runner
+
+    wide = tmp_path / "wide.toml"
+    wide.write_text(SMALL_SWITCH.replace("seed = [1, 2]", "seed = 1"))
+    alone = tmp_path / "alone.toml"
+    alone.write_text(wide.read_text().split("[[axis.attack]]")[0] + 'attack = "minmax"\n')
+    tables = {}
+    for name, path, traced in (("alone", alone, True), ("dedicated", wide, False)):
+        store = runner.Store(tmp_path / name)
+        sweep = runner.Sweep(
+            grid_lib.load_grid(path, {"momentum_at": "worker"}),
+            store,
+            max_batch=1,
+            progress=False,
+            log=lambda _: None,
+            trace_structure=traced,
+            datasets={("synthetic", None): DATA},
+        )
+        assert sweep.run().failed == 0
+        table = pd.read_csv(store.root / "runs.csv")
+        tables[name] = table[table["attack"] == "minmax"].iloc[0]
+    one, other = tables["alone"], tables["dedicated"]
+    assert one["run_id"] == other["run_id"] and one["program_id"] == other["program_id"]
+    for column in ("best_accuracy", "final_accuracy", "final_loss", "mean_ratio"):
+        assert one[column] == other[column], column
+    curves = [
+        pd.read_csv(tmp_path / name / "curves.csv.gz").set_index("run_id").loc[one["run_id"]]
+        for name in tables
+    ]
+    np.testing.assert_array_equal(curves[0].to_numpy(), curves[1].to_numpy())
 
 
 def test_defenses_vs_attacks_is_122_programs():

@@ -223,12 +223,7 @@ def program_key(config: Config, trace_structure: bool = True) -> str:
 
     payload = identity_dict(config)
     if trace_structure:
-        able = structure.traceable(config)
-        for choice, fields in structure.FIELDS.items():
-            if getattr(able, choice) or (choice == "attack" and able.switch):
-                for name in fields:
-                    payload.pop(name, None)
-                payload[f"traced_{choice}"] = True
+        _mark_traced(payload, structure.traceable(config))
     for name in TRACED_FIELDS:
         payload.pop(name, None)
         if name in GATED:
@@ -246,6 +241,16 @@ def program_key(config: Config, trace_structure: bool = True) -> str:
     return json.dumps(payload, sort_keys=True, default=str)
 
 
+def _mark_traced(payload: dict[str, Any], traced: structure.Traced) -> None:
+    """Replace in ``payload`` the fields of each structure choice ``traced`` takes as a traced
+    value by a ``traced_<choice>`` marker."""
+    for choice, fields in structure.FIELDS.items():
+        if getattr(traced, choice) or (choice == "attack" and traced.switch):
+            for name in fields:
+                payload.pop(name, None)
+            payload[f"traced_{choice}"] = True
+
+
 def _reads_root_set(config: Config) -> bool:
     """Whether the rule reads the server's gradient on a root set drawn from the seed (FLTrust);
     False for a configuration whose rule cannot be built (it fails on its own)."""
@@ -259,11 +264,6 @@ def _reads_root_set(config: Config) -> bool:
         return False
 
 
-def program_id(config: Config) -> str:
-    """A 10-hex-digit identifier of ``config``'s program."""
-    return hashlib.sha1(program_key(config).encode()).hexdigest()[:10]
-
-
 @dataclasses.dataclass(frozen=True)
 class Program:
     """Runs that share every static field, hence one compiled ``jit(vmap(run))``."""
@@ -273,7 +273,16 @@ class Program:
 
     @property
     def id(self) -> str:
-        return hashlib.sha1(self.key.encode()).hexdigest()[:10]
+        """A 10-hex-digit identifier of the compiled program: its static key and the structure
+        choices it traces, with a switch's branches. Runs recorded with equal ids and equal
+        ``runs_in_batch`` ran the same executable (on one machine and jax version, equal bit for
+        bit); a run recorded under another id, for example alone in a ``--dedicated-programs``
+        sweep after sharing a switch, rounds differently (see the README's "Reproducibility")."""
+        identity = json.loads(program_key(self.runs[0].config, trace_structure=False))
+        _mark_traced(identity, self.traced)
+        if self.traced.switch:
+            identity["switch"] = list(self.traced.switch)
+        return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
 
     @functools.cached_property
     def traced(self) -> structure.Traced:

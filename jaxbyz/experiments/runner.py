@@ -447,7 +447,7 @@ class Sweep:
                 result.update(out["extras"][i])
             result.update(wall_s=wall / len(batch.runs), runs_in_batch=len(batch.runs))
             result["device"] = str(batch.device)
-            results.append({**config_row(run), **result})
+            results.append({**config_row(run, batch.program.id), **result})
         self.store.write_part(results, curves)
         for row in results:
             self.rows[row["run_id"]] = row

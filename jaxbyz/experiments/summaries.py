@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxbyz.experiments.grid import Run, program_id
+from jaxbyz.experiments.grid import Run
 from jaxbyz.metrics import divergence
 
 RESULT_COLUMNS = (
@@ -37,15 +37,16 @@ RESULT_COLUMNS = (
 )
 
 
-def config_row(run: Run) -> dict[str, Any]:
-    """The identifying columns of a run: ids, role and every configuration field."""
+def config_row(run: Run, program_id: str) -> dict[str, Any]:
+    """The identifying columns of a run: ids (``program_id``: the id of the compiled program it
+    ran in, :attr:`jaxbyz.experiments.grid.Program.id`), role and every configuration field."""
     row: dict[str, Any] = {
         "run_id": run.id,
         "name": run.name,
         "role": run.role,
         "pair_id": run.pair_id if run.role == "attacked" else "",
         "baseline_id": run.baseline_id if run.role == "attacked" else "",
-        "program_id": program_id(run.config),
+        "program_id": program_id,
     }
     for key, value in run.config.to_dict().items():
         row[key] = json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
