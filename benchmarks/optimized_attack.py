@@ -9,13 +9,23 @@ them), and whether the optimized one is within ``--tolerance`` (default 0.01) of
     python -m jaxbyz.experiments.sweep optimized-paper --output results/optimized-paper
     python benchmarks/optimized_attack.py results/optimized-paper [--json out.json]
 
-Several folders are read as one table (a run in two of them counts once), so variants run
-later in a folder of their own (the ``optimized-tailored`` preset) are compared with the attacks
-of the first::
+Several folders are read as one table (a run in two of them counts by its first execution,
+see below), so variants run later in a folder of their own (the ``optimized-tailored`` preset)
+are compared with the attacks of the first::
 
     python benchmarks/optimized_attack.py results/optimized-paper results/optimized-tailored
 
 ``--best`` prints only the strongest variant of each (rule, placement, f) cell.
+
+A run's numbers are equal bit for bit only within one compiled program and batch size: the
+same run in a switch of several attacks, or alone in its program, rounds differently, and an
+attacked run near the edge of training can turn that into a final accuracy 0.2 away. Where a
+run id is in several folders (the same run under other programs: the ``optimized-rounding``
+preset reruns each cell's strongest other attack alone), the table gives the range of each side
+over those executions and a verdict that says whether the rounding decides the cell: ``holds``
+(the optimized attack's highest value within ``--tolerance`` of the other's lowest), ``fails``
+(its lowest beyond the tolerance of the other's highest), else ``rounding``. The main columns
+keep the first folder's execution.
 
 Runs that failed, or have no value of the metric, are left out; a diverged run counts with
 its final accuracy (that of the diverged model). A lower accuracy means a stronger attack. The
@@ -55,9 +65,10 @@ def variant(attack_args: object) -> str:
 
 
 def load_tables(folders: list[Path], metric: str, last: int) -> pd.DataFrame:
-    """The runs of every folder's ``runs.csv`` as one table (a run id in several folders counts
-    once, from the first), with ``last_mean`` from each folder's ``curves.csv.gz`` when asked.
-    Raises ``ValueError`` naming the folder that lacks a file."""
+    """The runs of every folder's ``runs.csv`` as one table, each row with its ``folder``'s
+    position (a run id in several folders is in it once per folder: its executions; see
+    :func:`first_executions`), with ``last_mean`` from each folder's ``curves.csv.gz`` when
+    asked. Raises ``ValueError`` naming the folder that lacks a file."""
     tables = []
     for folder in folders:
         runs = folder / "runs.csv"
@@ -69,27 +80,57 @@ def load_tables(folders: list[Path], metric: str, last: int) -> pd.DataFrame:
             if not curves.is_file():
                 raise ValueError(f"metric=last_mean needs {curves}; pass a sweep's --output")
             table = with_last_mean(table, pd.read_csv(curves), last)
-        tables.append(table)
-    return pd.concat(tables, ignore_index=True).drop_duplicates("run_id", keep="first")
+        tables.append(table.assign(folder=len(tables)))
+    return pd.concat(tables, ignore_index=True)
+
+
+def first_executions(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per run id: its execution in the first folder that holds it."""
+    return table.drop_duplicates("run_id", keep="first")
+
+
+def envelope(executions: pd.DataFrame, run_ids: pd.Series, metric: str) -> tuple[float, float]:
+    """The lowest and highest mean of ``metric`` over ``run_ids`` (one per seed) when each run
+    may take the value of any of its executions: the mean of each run's lowest value, and of its
+    highest."""
+    values = executions[executions["run_id"].isin(run_ids)].groupby("run_id")[metric]
+    return float(values.min().mean()), float(values.max().mean())
+
+
+def verdict(low: float, high: float, other_low: float, other_high: float, tolerance: float) -> str:
+    """``holds`` when the optimized attack holds under every pairing of executions, ``fails``
+    under none, else ``rounding``."""
+    if high <= other_low + tolerance:
+        return "holds"
+    if low > other_high + tolerance:
+        return "fails"
+    return "rounding"
 
 
 def strongest(table: pd.DataFrame, metric: str, tolerance: float) -> pd.DataFrame:
     """One row per (rule, placement, f) and variant of the optimized attack (its arguments): its
     ``metric``, the other attack of lowest ``metric`` and its value, the difference, and whether
-    it holds within ``tolerance``. With several seeds every attack (name and arguments) counts by
-    its mean over its seeds, on both sides; ``seeds`` is the optimized variant's run count."""
+    it holds within ``tolerance``, from each run's first execution. The other attacks count on
+    the variant's seeds only; with several seeds every attack (name and arguments) counts by its
+    mean over them, on both sides; ``seeds`` is the optimized variant's run count. ``runs`` and
+    ``executions`` count the two sides' runs and their executions; the ranges over these
+    (:func:`envelope`) and the :func:`verdict` close the row."""
     counted = (table["role"] == "attacked") & table["status"].isin(COUNTED)
-    attacked = table[counted & table[metric].notna()]  # no value (no curve): not compared
+    executions = table[counted & table[metric].notna()]  # no value (no curve): not compared
+    attacked = first_executions(executions)
     rows = []
     for (rule, placement, f), group in attacked.groupby(["gar", "momentum_at", "nb_decl_byz"]):
         mine = group[group["attack"] == "optimized"]
         others = group[group["attack"] != "optimized"]
-        if mine.empty or others.empty:
-            continue
-        means = others.groupby(["attack", others["attack_args"].fillna("")])[metric].mean()
-        (worst_attack, _), worst = means.idxmin(), float(means.min())
         for label, runs in mine.groupby(mine["attack_args"].map(variant), sort=False):
+            found = strongest_other(others[others["seed"].isin(runs["seed"])], metric)
+            if found is None:
+                continue
+            worst_attack, worst, worst_ids = found
             value = float(runs[metric].mean())
+            low, high = envelope(executions, runs["run_id"], metric)
+            other_low, other_high = envelope(executions, worst_ids, metric)
+            ids = pd.concat([runs["run_id"], worst_ids])
             rows.append(
                 {
                     "rule": rule,
@@ -102,9 +143,25 @@ def strongest(table: pd.DataFrame, metric: str, tolerance: float) -> pd.DataFram
                     "its accuracy": worst,
                     "difference": value - worst,
                     "holds": value <= worst + tolerance,
+                    "runs": int(ids.nunique()),
+                    "executions": int(executions["run_id"].isin(ids).sum()),
+                    "optimized range": (low, high),
+                    "other range": (other_low, other_high),
+                    "verdict": verdict(low, high, other_low, other_high, tolerance),
                 }
             )
     return pd.DataFrame(rows)
+
+
+def strongest_other(others: pd.DataFrame, metric: str) -> tuple[str, float, pd.Series] | None:
+    """The attack (name and arguments) of lowest mean ``metric`` among ``others``: its name, that
+    mean and its run ids; None without runs."""
+    if others.empty:
+        return None
+    by_attack = others.groupby(["attack", others["attack_args"].fillna("")])
+    means = by_attack[metric].mean()
+    (name, args), value = means.idxmin(), float(means.min())
+    return name, value, by_attack.get_group((name, args))["run_id"]
 
 
 def cells_held(frame: pd.DataFrame) -> tuple[int, int]:
@@ -112,6 +169,15 @@ def cells_held(frame: pd.DataFrame) -> tuple[int, int]:
     variant of the optimized attack does (the attack with the arguments chosen for the rule)."""
     per_cell = frame.groupby(["rule", "momentum_at", "f"])["holds"].any()
     return int(per_cell.sum()), len(per_cell)
+
+
+def cell_verdicts(frame: pd.DataFrame) -> dict[str, int]:
+    """How many (rule, placement, f) cells hold under every pairing of executions with some
+    variant, fail with every variant under every pairing, or depend on the rounding."""
+    order = ("holds", "rounding", "fails")  # a cell takes its variants' best verdict
+    rank = frame["verdict"].map(order.index)
+    best = rank.groupby([frame["rule"], frame["momentum_at"], frame["f"]]).min()
+    return {name: int((best == i).sum()) for i, name in enumerate(order)}
 
 
 def best_per_cell(frame: pd.DataFrame) -> pd.DataFrame:
@@ -122,19 +188,41 @@ def best_per_cell(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.loc[best.to_numpy()].reset_index(drop=True)
 
 
+def reexecuted(frame: pd.DataFrame) -> bool:
+    """Whether some run of the table was executed more than once (in several folders)."""
+    return bool((frame["executions"] > frame["runs"]).any())
+
+
 def markdown(frame: pd.DataFrame) -> str:
-    lines = [
+    """The table; with the ranges over executions and the verdict where a run was re-executed."""
+    ranges = reexecuted(frame)
+    head = (
         "| rule | momentum at | f | variant | seeds | optimized | strongest other | its accuracy "
-        "| difference | within tolerance |",
-        "|---|---|---:|---|---:|---:|---|---:|---:|---|",
-    ]
+        "| difference | within tolerance |"
+    )
+    rule = "|---|---|---:|---|---:|---:|---|---:|---:|---|"
+    if ranges:
+        head += " executions | optimized range | other range | verdict |"
+        rule += "---:|---|---|---|"
+    lines = [head, rule]
     for r in frame.to_dict(orient="records"):
-        lines.append(
+        line = (
             f"| {r['rule']} | {r['momentum_at']} | {r['f']} | {r['variant']} | {r['seeds']} "
             f"| {r['optimized']:.4f} | {r['strongest other']} | {r['its accuracy']:.4f} "
             f"| {r['difference']:+.4f} | {'yes' if r['holds'] else '**no**'} |"
         )
+        if ranges:
+            line += (
+                f" {r['executions']} | {_span(r['optimized range'])} "
+                f"| {_span(r['other range'])} | {r['verdict']} |"
+            )
+        lines.append(line)
     return "\n".join(lines)
+
+
+def _span(bounds: tuple[float, float]) -> str:
+    low, high = bounds
+    return f"{low:.4f}" if low == high else f"{low:.4f}-{high:.4f}"
 
 
 def main() -> int:
@@ -180,6 +268,13 @@ def main() -> int:
     print(f"\n{cells} within {args.tolerance} ({args.metric})")
     held_cells, total_cells = cells_held(frame)
     print(f"{held_cells} of {total_cells} (rule, placement, f) cells with some variant within it")
+    if reexecuted(frame):
+        verdicts = cell_verdicts(frame)
+        print(
+            f"over every execution of a run: {verdicts['holds']} cells hold under every pairing, "
+            f"{verdicts['fails']} fail under every pairing, the rounding decides "
+            f"{verdicts['rounding']}"
+        )
     if args.json is not None:
         args.json.write_text(json.dumps(frame.to_dict(orient="records"), indent=1))
     return 0

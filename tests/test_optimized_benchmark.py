@@ -20,10 +20,11 @@ def bench():
     return module
 
 
-def run(gar, placement, attack, accuracy, args="{}", status="completed", role="attacked"):
+def run(gar, placement, attack, accuracy, args="{}", status="completed", role="attacked", seed=1):
     return {
         "gar": gar, "momentum_at": placement, "nb_decl_byz": 12, "attack": attack,
         "attack_args": args, "final_accuracy": accuracy, "status": status, "role": role,
+        "seed": seed, "run_id": f"{gar}-{placement}-{attack}-{args}-{seed}",
     }  # fmt: skip
 
 
@@ -77,12 +78,13 @@ def test_several_seeds_count_by_their_means(bench):
     table = pd.DataFrame(
         [
             run("median", "update", "minsum", 0.60),
-            run("median", "update", "minsum", 0.80),  # mean 0.70
+            run("median", "update", "minsum", 0.80, seed=2),  # mean 0.70
             run("median", "update", "little", 0.66, args=little),
-            run("median", "update", "little", 0.68, args=little),  # mean 0.67
+            run("median", "update", "little", 0.68, args=little, seed=2),  # mean 0.67
             run("median", "update", "little", 0.75),  # other arguments: an attack of its own
             run("median", "update", "optimized", 0.70),
-            run("median", "update", "optimized", 0.66),  # mean 0.68
+            run("median", "update", "optimized", 0.66, seed=2),  # mean 0.68
+            run("median", "update", "empire", 0.10, seed=3),  # no optimized run at seed 3
         ]
     )
     (row,) = bench.strongest(table, "final_accuracy", 0.01).to_dict(orient="records")
@@ -108,8 +110,8 @@ def test_last_mean_averages_each_runs_last_evaluations(bench):
 
 def test_folders_are_read_as_one_table(bench, tmp_path):
     """A variant run in a folder of its own is compared with the attacks of another folder; a run
-    in both counts once; list arguments are shown comma-separated; a folder without runs.csv is
-    named in the error."""
+    in both counts by its first execution; list arguments are shown comma-separated; a folder
+    without runs.csv is named in the error."""
     starts = json.dumps({"direction": "start", "starts": ["minmax", "minsum"]})
     first = [
         dict(run("median", "update", "minsum", 0.62), run_id="a"),
@@ -123,7 +125,7 @@ def test_folders_are_read_as_one_table(bench, tmp_path):
         (tmp_path / name).mkdir()
         pd.DataFrame(rows).to_csv(tmp_path / name / "runs.csv", index=False)
     table = bench.load_tables([tmp_path / "paper", tmp_path / "tailored"], "final_accuracy", 10)
-    assert sorted(table["run_id"]) == ["a", "b", "c"]
+    assert len(table) == 4 and sorted(bench.first_executions(table)["run_id"]) == ["a", "b", "c"]
     frame = bench.strongest(table, "final_accuracy", 0.01)
     got = {r["variant"]: r for r in frame.to_dict(orient="records")}
     tailored = got["optimized direction=start starts=minmax,minsum"]
@@ -131,3 +133,55 @@ def test_folders_are_read_as_one_table(bench, tmp_path):
     assert not got["optimized"]["holds"]
     with pytest.raises(ValueError, match="missing"):
         bench.load_tables([tmp_path / "missing"], "final_accuracy", 10)
+
+
+def test_runs_executed_in_several_folders_give_ranges_and_a_verdict(bench, tmp_path):
+    """The same run executed by other programs (one run id in two folders): the main columns keep
+    the first execution, the ranges span every execution, and the verdict says whether the
+    rounding decides: it does when the other's executions straddle the optimized value."""
+    paper = [
+        run("median", "update", "minsum", 0.62),
+        run("median", "update", "optimized", 0.635),
+        run("krum", "update", "little", 0.66),
+        run("krum", "update", "optimized", 0.29),
+        run("trmean", "update", "minmax", 0.40),
+        run("trmean", "update", "optimized", 0.60),
+    ]
+    alone = [
+        run("median", "update", "minsum", 0.53),  # the same runs, other programs
+        run("krum", "update", "little", 0.70),
+        run("trmean", "update", "minmax", 0.45),
+    ]
+    for name, rows in (("paper", paper), ("alone", alone)):
+        (tmp_path / name).mkdir()
+        pd.DataFrame(rows).to_csv(tmp_path / name / "runs.csv", index=False)
+    table = bench.load_tables([tmp_path / "paper", tmp_path / "alone"], "final_accuracy", 10)
+    assert len(table) == 9 and len(bench.first_executions(table)) == 6
+    frame = bench.strongest(table, "final_accuracy", 0.01)
+    got = {r["rule"]: r for r in frame.to_dict(orient="records")}
+    median = got["median"]
+    assert median["its accuracy"] == pytest.approx(0.62) and not median["holds"]  # +0.015
+    assert median["other range"] == pytest.approx((0.53, 0.62))
+    assert median["optimized range"] == pytest.approx((0.635, 0.635))
+    assert (median["runs"], median["executions"]) == (2, 3)
+    assert median["verdict"] == "fails"  # 0.635 > 0.62 + 0.01 under every pairing
+    assert got["krum"]["verdict"] == "holds" and got["trmean"]["verdict"] == "fails"
+    assert bench.cell_verdicts(frame) == {"holds": 1, "rounding": 0, "fails": 2}
+    loose = bench.strongest(table, "final_accuracy", 0.05)  # 0.635 <= 0.62 + 0.05, not 0.53 + 0.05
+    assert {r["rule"]: r["verdict"] for r in loose.to_dict(orient="records")}["median"] == (
+        "rounding"
+    )
+    lines = bench.markdown(frame).splitlines()
+    assert lines[0].endswith("| executions | optimized range | other range | verdict |")
+    assert "| 3 | 0.6350 | 0.5300-0.6200 | fails |" in lines[3]
+    single = bench.strongest(bench.first_executions(table), "final_accuracy", 0.01)
+    assert not bench.reexecuted(single) and "verdict" not in bench.markdown(single)
+
+
+def test_envelope_bounds_the_mean_over_seeds(bench):
+    """Each seed's run may take any of its executions: the mean of the lowest values and the
+    mean of the highest."""
+    executions = pd.DataFrame(
+        {"run_id": ["s1", "s1", "s2", "s2", "s2", "x"], "v": [0.5, 0.7, 0.6, 0.6, 0.9, 0.0]}
+    )
+    assert bench.envelope(executions, pd.Series(["s1", "s2"]), "v") == pytest.approx((0.55, 0.8))

@@ -262,7 +262,8 @@ def test_programs_and_batches():
 def _row(config: Config, acc: float, role: str = "attacked") -> dict:
     run = grid_lib.Run(config, role)
     (program,) = grid_lib.group_programs([run])
-    return {**runner.config_row(run, program.id), "best_accuracy": acc, "status": "completed", "reason": ""}
+    row = runner.config_row(run, program.id)
+    return {**row, "best_accuracy": acc, "status": "completed", "reason": ""}
 
 
 def test_headline_statistics_by_hand():
