@@ -31,8 +31,9 @@ Runs that failed, or have no value of the metric, are left out; a diverged run c
 its final accuracy (that of the diverged model). A lower accuracy means a stronger attack. The
 final accuracy of one seed is noisy (consecutive evaluations of one run can differ by 0.1 under
 attack): ``--metric last_mean`` compares the mean accuracy over the last ``--last`` evaluations
-(from ``curves.csv.gz``) instead. With several seeds (``--seeds 1-4``) each attack counts by its
-mean over them, which the minimum over single runs would bias low.
+(from ``curves.csv.gz``) instead. With several seeds each attack counts by its
+mean over them, which the minimum over single runs would bias low; ``--seeds 1`` keeps the runs
+of the given seeds only (the table of one seed, where folders hold more).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from jaxbyz.experiments.grid import parse_seeds
 from jaxbyz.experiments.storage import read_run_table
 
 COUNTED = ("completed", "diverged")
@@ -250,18 +252,25 @@ def main() -> int:
         action="store_true",
         help="one row per (rule, placement, f): the variant of lowest accuracy only",
     )
+    parser.add_argument(
+        "--seeds", default=None, help="only the runs of these seeds, e.g. 1 or 1-4 (default all)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
     if args.last < 1:
         parser.error(f"last={args.last} is invalid; pass a count of evaluations >= 1")
     try:
         table = load_tables(args.results, args.metric, args.last)
-    except ValueError as error:
+        seeds = None if args.seeds is None else parse_seeds(args.seeds)
+    except ValueError as error:  # a bad folder or --seeds
         parser.error(str(error))
+    if seeds is not None:
+        table = table[table["seed"].isin(seeds)]
     frame = strongest(table, args.metric, args.tolerance)
     if frame.empty:
         folders = " ".join(map(str, args.results))
-        parser.error(f"{folders}: no rule with both the optimized attack and another attack")
+        at = "" if seeds is None else f" at --seeds {args.seeds}"
+        parser.error(f"{folders}: no rule with both the optimized attack and another attack{at}")
     print(markdown(best_per_cell(frame) if args.best else frame))
     held = int(frame["holds"].sum())
     cells = f"{held} of {len(frame)} (rule, placement, f, variant) cells"

@@ -185,3 +185,27 @@ def test_envelope_bounds_the_mean_over_seeds(bench):
         {"run_id": ["s1", "s1", "s2", "s2", "s2", "x"], "v": [0.5, 0.7, 0.6, 0.6, 0.9, 0.0]}
     )
     assert bench.envelope(executions, pd.Series(["s1", "s2"]), "v") == pytest.approx((0.55, 0.8))
+
+
+def test_seeds_option_keeps_the_given_seeds(bench, tmp_path, monkeypatch, capsys):
+    """``--seeds 1`` compares seed 1 alone where the folder holds more seeds; a bad value and a
+    seed without runs are named in the error."""
+    rows = [
+        run("median", "update", "minsum", 0.62),
+        run("median", "update", "minsum", 0.90, seed=2),
+        run("median", "update", "optimized", 0.60),
+        run("median", "update", "optimized", 0.70, seed=2),
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "runs.csv", index=False)
+
+    def main(*argv: str) -> str:
+        monkeypatch.setattr("sys.argv", ["optimized_attack.py", str(tmp_path), *argv])
+        assert bench.main() == 0
+        return capsys.readouterr().out
+
+    assert "| 2 | 0.6500 | minsum | 0.7600 |" in main()  # both seeds: means
+    assert "| 1 | 0.6000 | minsum | 0.6200 |" in main("--seeds", "1")
+    for bad, message in (("x", "is not a seed or a range"), ("3", "at --seeds 3")):
+        with pytest.raises(SystemExit):
+            main("--seeds", bad)
+        assert message in capsys.readouterr().err
