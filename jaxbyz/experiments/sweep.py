@@ -113,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="compile one program per momentum placement, Nesterov setting and attack; by "
         "default runs differing only in those share one program, the choices traced values "
         "(attacks of the form mu + a sigma + b mu as coefficients, other attacks on the "
-        "submitted vectors as branches of a switch, batched per attack)",
+        "submitted vectors as branches of a switch, batched per attack), which rounds "
+        "differently; with --max-batch 1, a run's numbers depend on its configuration only, "
+        "not on the grid around it",
     )
     add("--dry-run", action="store_true", help="list the runs and programs; compile nothing")
     add(
