@@ -32,7 +32,8 @@ its final accuracy (that of the diverged model). A lower accuracy means a strong
 final accuracy of one seed is noisy (consecutive evaluations of one run can differ by 0.1 under
 attack): ``--metric last_mean`` compares the mean accuracy over the last ``--last`` evaluations
 (from ``curves.csv.gz``) instead. With several seeds each attack counts by its
-mean over them, which the minimum over single runs would bias low; ``--seeds 1`` keeps the runs
+mean over them, which the minimum over single runs would bias low, and the difference comes
+with its standard error paired by seed (``-0.026 ± 0.052``); ``--seeds 1`` keeps the runs
 of the given seeds only (the table of one seed, where folders hold more).
 """
 
@@ -114,7 +115,8 @@ def strongest(table: pd.DataFrame, metric: str, tolerance: float) -> pd.DataFram
     ``metric``, the other attack of lowest ``metric`` and its value, the difference, and whether
     it holds within ``tolerance``, from each run's first execution. The other attacks count on
     the variant's seeds only; with several seeds every attack (name and arguments) counts by its
-    mean over them, on both sides; ``seeds`` is the optimized variant's run count. ``runs`` and
+    mean over them, on both sides, and the difference comes with its standard error paired by
+    seed (:func:`paired_error`); ``seeds`` is the optimized variant's run count. ``runs`` and
     ``executions`` count the two sides' runs and their executions; the ranges over these
     (:func:`envelope`) and the :func:`verdict` close the row."""
     counted = (table["role"] == "attacked") & table["status"].isin(COUNTED)
@@ -130,6 +132,7 @@ def strongest(table: pd.DataFrame, metric: str, tolerance: float) -> pd.DataFram
                 continue
             worst_attack, worst, worst_ids = found
             value = float(runs[metric].mean())
+            paired = paired_error(runs, others[others["run_id"].isin(worst_ids)], metric)
             low, high = envelope(executions, runs["run_id"], metric)
             other_low, other_high = envelope(executions, worst_ids, metric)
             ids = pd.concat([runs["run_id"], worst_ids])
@@ -144,6 +147,7 @@ def strongest(table: pd.DataFrame, metric: str, tolerance: float) -> pd.DataFram
                     "strongest other": worst_attack,
                     "its accuracy": worst,
                     "difference": value - worst,
+                    "paired error": paired,
                     "holds": value <= worst + tolerance,
                     "runs": int(ids.nunique()),
                     "executions": int(executions["run_id"].isin(ids).sum()),
@@ -153,6 +157,17 @@ def strongest(table: pd.DataFrame, metric: str, tolerance: float) -> pd.DataFram
                 }
             )
     return pd.DataFrame(rows)
+
+
+def paired_error(mine: pd.DataFrame, other: pd.DataFrame, metric: str) -> float:
+    """The standard error of the mean difference of ``metric`` between the two attacks' runs,
+    paired by seed (``std(d, ddof=1) / sqrt(k)`` over the k seeds both have); NaN under 2."""
+    differences = (
+        mine.groupby("seed")[metric].mean() - other.groupby("seed")[metric].mean()
+    ).dropna()
+    if len(differences) < 2:
+        return float("nan")
+    return float(differences.std(ddof=1) / len(differences) ** 0.5)
 
 
 def strongest_other(others: pd.DataFrame, metric: str) -> tuple[str, float, pd.Series] | None:
@@ -211,7 +226,7 @@ def markdown(frame: pd.DataFrame) -> str:
         line = (
             f"| {r['rule']} | {r['momentum_at']} | {r['f']} | {r['variant']} | {r['seeds']} "
             f"| {r['optimized']:.4f} | {r['strongest other']} | {r['its accuracy']:.4f} "
-            f"| {r['difference']:+.4f} | {'yes' if r['holds'] else '**no**'} |"
+            f"| {_difference(r)} | {'yes' if r['holds'] else '**no**'} |"
         )
         if ranges:
             line += (
@@ -220,6 +235,11 @@ def markdown(frame: pd.DataFrame) -> str:
             )
         lines.append(line)
     return "\n".join(lines)
+
+
+def _difference(row: dict) -> str:
+    error = row["paired error"]
+    return f"{row['difference']:+.4f}" + ("" if error != error else f" ± {error:.4f}")
 
 
 def _span(bounds: tuple[float, float]) -> str:

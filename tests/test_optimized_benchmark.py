@@ -91,6 +91,11 @@ def test_several_seeds_count_by_their_means(bench):
     assert row["strongest other"] == "little" and row["seeds"] == 2
     assert row["its accuracy"] == pytest.approx(0.67)
     assert row["optimized"] == pytest.approx(0.68) and row["holds"]  # +0.01 <= 0.01
+    # paired by seed: differences 0.04 and -0.02, std 0.0424, over sqrt(2)
+    assert row["paired error"] == pytest.approx(0.03)
+    assert "| +0.0100 ± 0.0300 |" in bench.markdown(pd.DataFrame([row]))
+    one = bench.strongest(table[table["seed"] == 1], "final_accuracy", 0.01)
+    assert one["paired error"].isna().all() and "±" not in bench.markdown(one)
 
 
 def test_last_mean_averages_each_runs_last_evaluations(bench):
