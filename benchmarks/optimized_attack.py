@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -239,7 +240,7 @@ def markdown(frame: pd.DataFrame) -> str:
 
 def _difference(row: dict) -> str:
     error = row["paired error"]
-    return f"{row['difference']:+.4f}" + ("" if error != error else f" ± {error:.4f}")
+    return f"{row['difference']:+.4f}" + ("" if math.isnan(error) else f" ± {error:.4f}")
 
 
 def _span(bounds: tuple[float, float]) -> str:

@@ -213,7 +213,13 @@ def setting_tag(config: Config) -> str:
 
 
 def program_key(config: Config, trace_structure: bool = True) -> str:
-    """The static part of ``config``: runs with equal keys compile to one program. The traced
+    """The static part of ``config`` (:func:`_static_fields`) as JSON: runs with equal keys
+    compile to one program."""
+    return json.dumps(_static_fields(config, trace_structure), sort_keys=True, default=str)
+
+
+def _static_fields(config: Config, trace_structure: bool) -> dict[str, Any]:
+    """The static fields of ``config``, those its program is compiled for. The traced
     hyper-parameters (:class:`jaxbyz.config.HyperParams`) and the seed are left out (the seed
     stays when it draws the honest workers' partition, ``--partition``, or the server's root set,
     host-side arrays); of the gated ones, only whether they are on. With ``trace_structure``,
@@ -238,7 +244,7 @@ def program_key(config: Config, trace_structure: bool = True) -> str:
         payload["attack_args"] = {
             k: v for k, v in config.attack_args.items() if k not in TRACED_ATTACK_ARGS
         }
-    return json.dumps(payload, sort_keys=True, default=str)
+    return payload
 
 
 def _mark_traced(payload: dict[str, Any], traced: structure.Traced) -> None:
@@ -271,18 +277,19 @@ class Program:
     key: str
     runs: tuple[Run, ...]
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
         """A 10-hex-digit identifier of the compiled program: its static key and the structure
         choices it traces, with a switch's branches. Runs recorded with equal ids and equal
         ``runs_in_batch`` ran the same executable (on one machine and jax version, equal bit for
         bit); a run recorded under another id, for example alone in a ``--dedicated-programs``
         sweep after sharing a switch, rounds differently (see the README's "Reproducibility")."""
-        identity = json.loads(program_key(self.runs[0].config, trace_structure=False))
+        identity = _static_fields(self.runs[0].config, trace_structure=False)
         _mark_traced(identity, self.traced)
         if self.traced.switch:
             identity["switch"] = list(self.traced.switch)
-        return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+        text = json.dumps(identity, sort_keys=True, default=str)
+        return hashlib.sha1(text.encode()).hexdigest()[:10]
 
     @functools.cached_property
     def traced(self) -> structure.Traced:
