@@ -275,7 +275,8 @@ def test_relaxations_reach_the_exact_rule():
 def test_trmean_surrogate_is_the_trimmed_mean_and_its_gradient(n, f, d):
     """The trmean entry of the table is the exact rule written as a masked mean: its value is
     the NumPy trimmed mean (also with a NaN row trimmed away), its gradient the kept-rank mask
-    over ``n - 2f``, as reverse-mode autodiff of the exact rule gives it."""
+    over ``n - 2f``, as reverse-mode autodiff of the exact rule gives it (compared at the small
+    sizes: at ``n = 51`` that autodiff takes a minute to compile on the 2-core CPU)."""
     rule = aggregators.get("trmean")
     surrogate = RELAXATIONS["trmean"]
     G = jax.random.normal(jax.random.key(n + d), (n, d))
@@ -290,7 +291,8 @@ def test_trmean_surrogate_is_the_trimmed_mean_and_its_gradient(n, f, d):
     S = np.sort(np.asarray(G), axis=0)
     kept = (np.asarray(G) >= S[f]) & (np.asarray(G) <= S[n - f - 1])
     np.testing.assert_allclose(grad, kept * np.asarray(weights) / (n - 2 * f), atol=1e-6)
-    np.testing.assert_allclose(grad, projected(lambda G: rule(G, f))(G), atol=1e-6)
+    if n <= 11:  # reverse-mode through the exact sorting network at n = 51 compiles for a minute
+        np.testing.assert_allclose(grad, projected(lambda G: rule(G, f))(G), atol=1e-6)
     poisoned = G.at[0].set(jnp.nan)
     np.testing.assert_allclose(
         value(poisoned), ref_rules.trmean(np.asarray(poisoned), f), rtol=1e-5, atol=1e-6
