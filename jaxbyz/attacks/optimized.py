@@ -62,8 +62,8 @@ memory 0.9) against trmean: free 25.9 with cosine -0.06 to ``-sigma_h``, start 2
 1.00, ``little`` 24.0, ``minmax`` 20.6. Where the rule saturates, the side of the push matters
 over a run although no one-step objective sees it: at the median with server momentum on the
 paper's Fashion-MNIST setting (8 seeds), ``mu_h - 1.5 sigma_h`` (every coordinate down) leaves
-0.674 accuracy, ``mu_h + 1.5 sigma_h`` 0.758; ``"start"`` from ``minmax``/``minsum`` keeps the
-first side and there gives ``little``'s runs bit for bit, the free search a side of its own
+0.674 accuracy, ``mu_h + 1.5 sigma_h`` 0.758; ``"start"`` from ``minmax``/``minsum`` keeps their
+side and there gives ``little``'s runs bit for bit, the free search a side of its own
 (0.688 by the mean of the last 30 evaluations).
 
 Search. From every starting point at once (``jax.vmap`` over the starts, one ``lax.scan`` over
