@@ -35,6 +35,14 @@ attack): ``--metric last_mean`` compares the mean accuracy over the last ``--las
 mean over them, which the minimum over single runs would bias low, and the difference comes
 with its standard error paired by seed (``-0.026 ± 0.052``); ``--seeds 1`` keeps the runs
 of the given seeds only (the table of one seed, where folders hold more).
+
+``--attacks`` prints instead every attack of each cell (the optimized variants included; the
+folders need not hold the optimized attack) by its mean over seeds, strongest first, with its
+difference to ``--reference`` (an attack as the table labels it, default each cell's
+strongest), paired by seed, and at how many seeds it leaves a higher value::
+
+    python benchmarks/optimized_attack.py results/optimized-median-dedicated \
+        results/optimized-median-directions --attacks --reference 'little factor=1.5 negative=True'
 """
 
 from __future__ import annotations
@@ -61,11 +69,16 @@ def with_last_mean(table: pd.DataFrame, curves: pd.DataFrame, last: int) -> pd.D
     return table.assign(last_mean=table["run_id"].map(means))
 
 
-def variant(attack_args: object) -> str:
-    """The optimized attack's label: ``optimized``, or its non-default arguments appended."""
+def label(attack: str, attack_args: object) -> str:
+    """An attack's label: its name, with its given arguments appended (``k=v``)."""
     args = json.loads(attack_args) if isinstance(attack_args, str) and attack_args else {}
     shown = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in args.items()}
-    return " ".join(["optimized", *(f"{k}={v}" for k, v in sorted(shown.items()))])
+    return " ".join([attack, *(f"{k}={v}" for k, v in sorted(shown.items()))])
+
+
+def variant(attack_args: object) -> str:
+    """The optimized attack's label: ``optimized``, or its non-default arguments appended."""
+    return label("optimized", attack_args)
 
 
 def load_tables(folders: list[Path], metric: str, last: int) -> pd.DataFrame:
@@ -120,8 +133,7 @@ def strongest(table: pd.DataFrame, metric: str, tolerance: float) -> pd.DataFram
     seed (:func:`paired_error`); ``seeds`` is the optimized variant's run count. ``runs`` and
     ``executions`` count the two sides' runs and their executions; the ranges over these
     (:func:`envelope`) and the :func:`verdict` close the row."""
-    counted = (table["role"] == "attacked") & table["status"].isin(COUNTED)
-    executions = table[counted & table[metric].notna()]  # no value (no curve): not compared
+    executions = compared(table, metric)
     attacked = first_executions(executions)
     rows = []
     for (rule, placement, f), group in attacked.groupby(["gar", "momentum_at", "nb_decl_byz"]):
@@ -160,12 +172,62 @@ def strongest(table: pd.DataFrame, metric: str, tolerance: float) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
+def compared(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The attacked runs that count (completed or diverged) and have a value of ``metric`` (no
+    curve: not compared), every execution of them."""
+    counted = (table["role"] == "attacked") & table["status"].isin(COUNTED)
+    return table[counted & table[metric].notna()]
+
+
+def attack_means(table: pd.DataFrame, metric: str, reference: str | None = None) -> pd.DataFrame:
+    """Every attack (name and arguments, the optimized variants included) of each (rule,
+    placement, f) cell by its mean ``metric`` over its seeds, from each run's first execution,
+    strongest (lowest) first, with its difference to the ``reference`` attack (a :func:`label`;
+    default the cell's strongest), the standard error of that difference paired by seed
+    (:func:`paired_error`) and at how many of the seeds both have it leaves a higher value.
+    Raises ``ValueError`` when a cell lacks the reference, naming the labels it has."""
+    attacked = first_executions(compared(table, metric))
+    labels = map(label, attacked["attack"], attacked["attack_args"])
+    attacked = attacked.assign(label=list(labels))
+    rows = []
+    for (rule, placement, f), group in attacked.groupby(["gar", "momentum_at", "nb_decl_byz"]):
+        means = group.groupby("label", sort=False)[metric].mean().sort_values(kind="stable")
+        chosen = means.index[0] if reference is None else reference
+        if chosen not in means.index:
+            raise ValueError(
+                f"reference={reference!r} is not an attack of the cell ({rule}, {placement}, "
+                f"f={f}); pass one of {sorted(means.index)}"
+            )
+        reference_runs = group[group["label"] == chosen]
+        for name, value in means.items():
+            runs = group[group["label"] == name]
+            higher = seed_differences(runs, reference_runs, metric) > 0
+            rows.append(
+                {
+                    "rule": rule,
+                    "momentum_at": placement,
+                    "f": int(f),
+                    "attack": name,
+                    "seeds": len(runs),
+                    "mean": float(value),
+                    "reference": chosen,
+                    "difference": float(value - means[chosen]),
+                    "paired error": paired_error(runs, reference_runs, metric),
+                    "seeds higher": int(higher.sum()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def seed_differences(mine: pd.DataFrame, other: pd.DataFrame, metric: str) -> pd.Series:
+    """``metric`` of ``mine`` minus that of ``other`` at each seed both have."""
+    return (mine.groupby("seed")[metric].mean() - other.groupby("seed")[metric].mean()).dropna()
+
+
 def paired_error(mine: pd.DataFrame, other: pd.DataFrame, metric: str) -> float:
     """The standard error of the mean difference of ``metric`` between the two attacks' runs,
     paired by seed (``std(d, ddof=1) / sqrt(k)`` over the k seeds both have); NaN under 2."""
-    differences = (
-        mine.groupby("seed")[metric].mean() - other.groupby("seed")[metric].mean()
-    ).dropna()
+    differences = seed_differences(mine, other, metric)
     if len(differences) < 2:
         return float("nan")
     return float(differences.std(ddof=1) / len(differences) ** 0.5)
@@ -238,6 +300,21 @@ def markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def attacks_markdown(frame: pd.DataFrame, metric: str) -> str:
+    """The :func:`attack_means` table."""
+    lines = [
+        f"| rule | momentum at | f | attack | seeds | mean {metric} | reference | difference "
+        "| seeds higher |",
+        "|---|---|---:|---|---:|---:|---|---:|---:|",
+    ]
+    for r in frame.to_dict(orient="records"):
+        lines.append(
+            f"| {r['rule']} | {r['momentum_at']} | {r['f']} | {r['attack']} | {r['seeds']} "
+            f"| {r['mean']:.4f} | {r['reference']} | {_difference(r)} | {r['seeds higher']} |"
+        )
+    return "\n".join(lines)
+
+
 def _difference(row: dict) -> str:
     error = row["paired error"]
     return f"{row['difference']:+.4f}" + ("" if math.isnan(error) else f" ± {error:.4f}")
@@ -276,6 +353,19 @@ def main() -> int:
     parser.add_argument(
         "--seeds", default=None, help="only the runs of these seeds, e.g. 1 or 1-4 (default all)"
     )
+    parser.add_argument(
+        "--attacks",
+        action="store_true",
+        help="instead, every attack of each cell by its mean over seeds, strongest first, with "
+        "its difference to --reference paired by seed (folders without the optimized attack "
+        "too)",
+    )
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="with --attacks, the attack the others are compared with, as the table labels it "
+        "(e.g. 'little factor=1.5 negative=True'; default: each cell's strongest)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
     if args.last < 1:
@@ -287,6 +377,17 @@ def main() -> int:
         parser.error(str(error))
     if seeds is not None:
         table = table[table["seed"].isin(seeds)]
+    if args.reference is not None and not args.attacks:
+        parser.error("--reference goes with --attacks")
+    if args.attacks:
+        try:
+            means = attack_means(table, args.metric, args.reference)
+        except ValueError as error:
+            parser.error(str(error))
+        print(attacks_markdown(means, args.metric))
+        if args.json is not None:
+            args.json.write_text(json.dumps(means.to_dict(orient="records"), indent=1))
+        return 0
     frame = strongest(table, args.metric, args.tolerance)
     if frame.empty:
         folders = " ".join(map(str, args.results))

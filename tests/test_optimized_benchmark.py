@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -96,6 +97,53 @@ def test_several_seeds_count_by_their_means(bench):
     assert "| +0.0100 ± 0.0300 |" in bench.markdown(pd.DataFrame([row]))
     one = bench.strongest(table[table["seed"] == 1], "final_accuracy", 0.01)
     assert one["paired error"].isna().all() and "±" not in bench.markdown(one)
+
+
+def test_attacks_table_lists_every_attack_against_a_reference(bench):
+    """``--attacks``: each attack's mean over seeds, strongest first, its difference to the
+    reference with the paired standard error and the seeds where it is higher, from the
+    definitions on a hand-made table of 3 seeds; a reference the cell lacks is refused."""
+    down, up = json.dumps({"negative": True}), json.dumps({"negative": False})
+    values = {
+        "little": (0.60, 0.70, 0.65),
+        "empire": (0.80, 0.75, 0.90),
+        "optimized": (0.62, 0.66, 0.70),
+    }
+    rows = [run("average", "update", None, 0.86, role="baseline")]
+    for attack, accuracies in values.items():
+        for seed, accuracy in enumerate(accuracies, start=1):
+            rows.append(
+                run(
+                    "median",
+                    "update",
+                    attack,
+                    accuracy,
+                    args=down if attack == "little" else "{}",
+                    seed=seed,
+                )
+            )
+    rows.append(run("median", "update", "little", 0.10, args=up, status="failed"))  # not counted
+    table = pd.DataFrame(rows)
+    frame = bench.attack_means(table, "final_accuracy")
+    assert list(frame["attack"]) == ["little negative=True", "optimized", "empire"]
+    assert (frame["reference"] == "little negative=True").all()  # default: the strongest
+    got = bench.attack_means(table, "final_accuracy", reference="optimized")
+    got = {r["attack"]: r for r in got.to_dict(orient="records")}
+    for attack, accuracies in values.items():
+        name = "little negative=True" if attack == "little" else attack
+        d = np.subtract(accuracies, values["optimized"])
+        assert got[name]["mean"] == pytest.approx(np.mean(accuracies))
+        assert got[name]["difference"] == pytest.approx(d.mean())
+        assert got[name]["paired error"] == pytest.approx(d.std(ddof=1) / np.sqrt(3))
+        assert got[name]["seeds higher"] == int((d > 0).sum())
+    assert got["empire"]["seeds higher"] == 3 and got["little negative=True"]["seeds higher"] == 1
+    markdown = bench.attacks_markdown(bench.attack_means(table, "final_accuracy"), "final_accuracy")
+    assert (
+        "| median | update | 12 | empire | 3 | 0.8167 | little negative=True "
+        "| +0.1667 ± 0.0601 | 3 |" in markdown
+    )
+    with pytest.raises(ValueError, match="reference='little negative=False' is not an attack"):
+        bench.attack_means(table, "final_accuracy", reference="little negative=False")
 
 
 def test_last_mean_averages_each_runs_last_evaluations(bench):
